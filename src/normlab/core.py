@@ -19,7 +19,7 @@ mode), the two averaged terms vanish and :math:`dx = r\,g`.
 """
 from dataclasses import dataclass
 
-from . import _fast_numpy
+from . import _fast_numba, _fast_numpy
 from ._backend import compute_dtype, device, namespace, numel
 from .axes import Layout
 
@@ -68,6 +68,8 @@ def normalize(x, layout, weight=None, bias=None, *, eps, stats=None):
     """
     if _fast_numpy.accepts(x, weight, bias, *(stats or ())):  # same result, fewer passes (see _fast_numpy)
         plan = _fast_numpy.plan_for(x.shape, layout, stats)
+        if plan is not None and stats is None and _fast_numba.enabled():  # compiled: one read of x per pass
+            return _fast_numba.forward(x, layout, plan, weight, bias, eps=eps)
         if plan is not None:
             return _fast_numpy.forward(x, layout, plan, weight, bias, eps=eps, stats=stats)
     xp = namespace(x, weight, bias)
@@ -115,6 +117,8 @@ def normalize_backward(dy, cache):
     c = cache
     if tuple(dy.shape) != c.input_shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}, but the forward input had shape {c.input_shape}")
+    if isinstance(c, _fast_numba.CompiledCache) and _fast_numpy.accepts(dy):
+        return _fast_numba.backward(dy, c)
     if isinstance(c, _fast_numpy.FastCache) and _fast_numpy.accepts(dy):
         return _fast_numpy.backward(dy, c)
     xp = namespace(dy, c.xhat)
