@@ -1,19 +1,42 @@
-"""The NumPy fast path (`normlab._fast_numpy`) against the generic Array-API core it stands behind.
+"""The fast paths for NumPy arrays against the generic Array-API core they stand behind.
 
-The reference is the generic path run on the same NumPy arrays: the tests
-switch the fast path off by making its ``accepts`` say no, which is exactly the
-test the core asks before dispatching. Every comparison first checks that the
-fast path really ran (its cache is a ``FastCache``), so no test can pass by
-comparing the generic path with itself. No timings here: those live in bench/.
+There are two: the compiled kernels (`normlab._fast_numba`, training mode, when
+Numba is installed) and the NumPy path (`normlab._fast_numpy`). The ``fast_path``
+fixture runs each test on both, switching the compiled one off for the NumPy
+path. The reference is the generic path run on the same arrays: the tests
+switch the fast paths off by making ``_fast_numpy.accepts`` say no, which is
+exactly the test the core asks before dispatching to either. Every comparison
+first checks that the expected fast path really ran (by its cache's type), so
+no test can pass by comparing the generic path with itself. No timings here:
+those live in bench/.
 """
+import importlib.util
+import os
+import threading
 import zlib
 
 import numpy as np
 import pytest
 
 import normlab as nl
-from normlab import _fast_numpy
+from normlab import _fast_numba, _fast_numpy
 from normlab.core import NormCache, normalize_backward
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def fast_path(request, monkeypatch):
+    """Which fast path the test exercises; `_expected_cache` says which cache type proves it ran."""
+    if request.param == "compiled" and not HAS_NUMBA:
+        pytest.skip("Numba is not installed (pip install 'normlab[fast]')")
+    monkeypatch.setattr(_fast_numba, "USE_NUMBA", request.param == "compiled")
+    return request.param
+
+
+def _expected_cache(fast_path, training=True):
+    """The compiled kernels serve training mode only; eval mode always takes the NumPy path."""
+    return _fast_numba.CompiledCache if fast_path == "compiled" and training else _fast_numpy.FastCache
 
 # Largest error allowed, relative to the largest magnitude of the reference (sums like dβ grow with the input).
 TOL = {np.float32: 1e-6, np.float64: 1e-12}
@@ -69,6 +92,17 @@ def _sum_scale(dy, cache, n_params):
     return float(np.sqrt(m) * np.abs(dy).max() * max(1.0, np.abs(cache.xhat).max()))
 
 
+def _dx_scale(dy, cache):
+    """The size of the terms whose sum is dx = rstd·(γ·dy - mean(γ·dy) - x̂·mean(γ·dy·x̂)): rstd·|γ·dy|.
+
+    When a statistic covers few values those terms nearly cancel (with two values per group, dx is
+    close to 0), and every float32 implementation, the generic one included, is then off by a few
+    units in the last place of the terms, not of their small sum.
+    """
+    weight = 1.0 if cache.weight is None else float(np.abs(cache.weight).max())
+    return float(np.abs(dy).max() * weight * np.abs(cache.rstd).max())
+
+
 def _run(case, x, w, b, buffers, training, dy):
     _, _, forward, backward, _, _ = case
     y, cache = forward(x, w, b, buffers, training)
@@ -87,7 +121,7 @@ MODES = [(case, training) for case in CASES for training in ((True, False) if ca
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("case,training", MODES,
                          ids=[f"{c[0]}-{c[1]}-{'train' if t else 'eval'}" for c, t in MODES])
-def test_fast_path_matches_generic_path(case, training, affine, dtype, monkeypatch):
+def test_fast_path_matches_generic_path(case, training, affine, dtype, fast_path, monkeypatch):
     name, shape, _, _, pshape, has_buffers = case
     rng = np.random.default_rng(zlib.crc32(repr((name, shape, training, affine)).encode()))
     x = (rng.standard_normal(shape) * rng.uniform(0.5, 3.0) + rng.uniform(-2, 2)).astype(dtype)
@@ -98,7 +132,7 @@ def test_fast_path_matches_generic_path(case, training, affine, dtype, monkeypat
     fast_buffers = tuple(None if a is None else a.copy() for a in buffers)
 
     y, cache, grads = _run(case, x, w, b, fast_buffers, training, dy)
-    assert isinstance(cache, _fast_numpy.FastCache), "the fast path did not run on plain NumPy input"
+    assert isinstance(cache, _expected_cache(fast_path, training)), f"the {fast_path} path did not run"
 
     _generic(monkeypatch)
     y_ref, cache_ref, grads_ref = _run(case, x, w, b, buffers, training, dy)
@@ -107,11 +141,12 @@ def test_fast_path_matches_generic_path(case, training, affine, dtype, monkeypat
     assert y.dtype == y_ref.dtype == dtype and y.shape == y_ref.shape
     _close(y, y_ref, dtype)
     sum_scale = _sum_scale(dy, cache_ref, int(np.prod(pshape)))
+    dx_scale = _dx_scale(dy, cache_ref)
     for i, (got, ref) in enumerate(zip(grads, grads_ref)):
         assert (got is None) == (ref is None)
         if ref is not None:
             assert got.shape == ref.shape and got.dtype == ref.dtype
-            _close(got, ref, dtype, scale=1.0 if i == 0 else sum_scale)  # dx, then the sums dγ and dβ
+            _close(got, ref, dtype, scale=dx_scale if i == 0 else sum_scale)  # dx, then the sums dγ and dβ
     for got, ref in zip(fast_buffers, buffers):  # running buffers updated in place alike (or left alike in eval)
         if ref is not None:
             _close(got, ref, dtype)
@@ -119,14 +154,14 @@ def test_fast_path_matches_generic_path(case, training, affine, dtype, monkeypat
     # The fast cache also offers the generic cache's attributes: the generic backward reads it the same way.
     for i, (got, ref) in enumerate(zip(normalize_backward(dy, cache), grads_ref)):
         if ref is not None:
-            _close(got, ref, dtype, scale=1.0 if i == 0 else sum_scale)
+            _close(got, ref, dtype, scale=dx_scale if i == 0 else sum_scale)
 
 
 SEVERAL_BLOCKS = [c for c in CASES if np.prod(c[1]) > _fast_numpy._BLOCK]  # worked on in several blocks
 
 
 @pytest.mark.parametrize("case", CASES[:1] + SEVERAL_BLOCKS, ids=lambda c: f"{c[0]}-{c[1]}")
-def test_backward_leaves_the_cache_unchanged(case, rng):
+def test_backward_leaves_the_cache_unchanged(case, rng, fast_path):
     """Calling backward twice (e.g. torch's retain_graph) gives the same gradients both times.
 
     The cache holds the input itself, as torch does; neither pass may write into it, nor into dy.
@@ -137,6 +172,7 @@ def test_backward_leaves_the_cache_unchanged(case, rng):
     w, b = rng.uniform(0.5, 1.5, pshape).astype(np.float32), rng.standard_normal(pshape).astype(np.float32)
     buffers = (np.zeros(3, np.float32), np.ones(3, np.float32)) if has_buffers else (None, None)
     y, cache, first = _run(case, x, w, b, buffers, True, rng.standard_normal(shape).astype(np.float32))
+    assert isinstance(cache, _expected_cache(fast_path))
     dy = rng.standard_normal(shape).astype(np.float32)
     dy_before = dy.copy()
     once, twice = case[3](dy, cache), case[3](dy, cache)
@@ -148,8 +184,8 @@ def test_backward_leaves_the_cache_unchanged(case, rng):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if len(c[1]) >= 3][::2], ids=lambda c: f"{c[0]}-{c[1]}")
-def test_float32_with_mean_1e4_stays_within_2e_3_of_float64(case, rng):
-    """The fast path keeps the corrected two-pass variance: large-mean float32 data loses no digits."""
+def test_float32_with_mean_1e4_stays_within_2e_3_of_float64(case, rng, fast_path):
+    """The fast paths keep the corrected two-pass variance: large-mean float32 data loses no digits."""
     name, shape, _, _, pshape, has_buffers = case
     if np.prod(shape) < 65536:  # more values per statistic, so that the mean's rounding error matters
         shape = (shape[0] * 4,) + shape[1:]
@@ -159,19 +195,19 @@ def test_float32_with_mean_1e4_stays_within_2e_3_of_float64(case, rng):
     buffers = (None, None)
     y32, cache, g32 = _run(case, x64.astype(np.float32), w64.astype(np.float32), b64.astype(np.float32), buffers,
                            True, dy64.astype(np.float32))
-    assert isinstance(cache, _fast_numpy.FastCache)
+    assert isinstance(cache, _expected_cache(fast_path))
     y64, _, g64 = _run(case, x64, w64, b64, buffers, True, dy64)
     np.testing.assert_allclose(y32, y64, rtol=0, atol=2e-3)
     np.testing.assert_allclose(g32[0], g64[0], rtol=0, atol=2e-3)
 
 
-def test_float16_is_computed_in_float32_and_returned_in_float16(rng, monkeypatch):
+def test_float16_is_computed_in_float32_and_returned_in_float16(rng, fast_path, monkeypatch):
     x = rng.standard_normal((6, 4, 5)).astype(np.float16)
     dy = rng.standard_normal(x.shape).astype(np.float16)
     w = rng.uniform(0.5, 1.5, 4).astype(np.float16)
     y, cache = nl.batch_norm_forward(x, w, None)
     dx, dw, _ = nl.batch_norm_backward(dy, cache)
-    assert isinstance(cache, _fast_numpy.FastCache)
+    assert isinstance(cache, _expected_cache(fast_path))
     assert y.dtype == dx.dtype == dw.dtype == np.float16
     _generic(monkeypatch)
     y_ref, cache_ref = nl.batch_norm_forward(x, w, None)
@@ -199,7 +235,7 @@ def test_non_numpy_inputs_never_take_the_fast_path(kind, convert, rng):
     for forward in (lambda a: nl.batch_norm_forward(a), lambda a: nl.group_norm_forward(a, 3),
                     lambda a: nl.instance_norm_forward(a), lambda a: nl.layer_norm_forward(a, 5)):
         _, cache = forward(convert(x))
-        assert isinstance(cache, NormCache), f"{kind} input reached the NumPy fast path"
+        assert isinstance(cache, NormCache), f"{kind} input reached a fast path"
 
 
 def test_accepts_only_plain_numpy_floats(rng):
@@ -214,7 +250,8 @@ def test_accepts_only_plain_numpy_floats(rng):
 @pytest.mark.parametrize("offset,uses_x", [(0.0, True), (5.0, False)], ids=["centred data", "offset data"])
 @pytest.mark.parametrize("case", SEVERAL_BLOCKS, ids=lambda c: f"{c[0]}-{c[1]}")  # many values per statistic
 def test_both_variance_routes_match_the_generic_path(case, offset, uses_x, monkeypatch):
-    """Centred data takes E[x²] - mean² in one pass and uses x in place of d; other data, two passes."""
+    """NumPy path: centred data takes E[x²] - mean² in one pass and uses x in place of d; other data, two passes."""
+    monkeypatch.setattr(_fast_numba, "USE_NUMBA", False)
     name, shape, _, _, pshape, has_buffers = case
     rng = np.random.default_rng(zlib.crc32(repr((name, shape, offset)).encode()))
     x = (2.0 * rng.standard_normal(shape) + offset).astype(np.float32)
@@ -226,14 +263,14 @@ def test_both_variance_routes_match_the_generic_path(case, offset, uses_x, monke
     _generic(monkeypatch)
     y_ref, cache_ref, grads_ref = _run(case, x, w, b, (None, None), True, dy)
     _close(y, y_ref, np.float32)
-    _close(grads[0], grads_ref[0], np.float32)
+    _close(grads[0], grads_ref[0], np.float32, scale=_dx_scale(dy, cache_ref))
     sum_scale = _sum_scale(dy, cache_ref, int(np.prod(pshape)))
     for got, ref in zip(grads[1:], grads_ref[1:]):
         _close(got, ref, np.float32, scale=sum_scale)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "strided", "float64 weights"])
-def test_unusual_memory_layouts_match_the_generic_path(layout, rng, monkeypatch):
+def test_unusual_memory_layouts_match_the_generic_path(layout, rng, fast_path, monkeypatch):
     """Fortran-ordered or strided inputs, and parameters of another dtype, give the generic path's answer."""
     x = rng.standard_normal((40, 6, 5, 7)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
@@ -249,13 +286,86 @@ def test_unusual_memory_layouts_match_the_generic_path(layout, rng, monkeypatch)
                               (lambda a: nl.layer_norm_forward(a, a.shape[-1]), nl.layer_norm_backward)):
         y, cache = forward(x)
         grads = backward(dy, cache)
-        assert isinstance(cache, _fast_numpy.FastCache)
+        assert isinstance(cache, _expected_cache(fast_path))
         with monkeypatch.context() as patch:
             _generic(patch)
             y_ref, cache_ref = forward(x)
             grads_ref = backward(dy, cache_ref)
         _close(y, y_ref, np.float32)
-        _close(grads[0], grads_ref[0], np.float32)
+        _close(grads[0], grads_ref[0], np.float32, scale=_dx_scale(dy, cache_ref))
         for got, ref in zip(grads[1:], grads_ref[1:]):
             if ref is not None:
                 _close(got, ref, np.float32, scale=_sum_scale(dy, cache_ref, ref.size))
+
+
+# ---- the compiled kernels' thread pool ------------------------------------------------------------------
+
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="Numba is not installed (pip install 'normlab[fast]')")
+
+
+def _layer_norm_round_trip(x, dy):
+    y, cache = nl.layer_norm_forward(x, x.shape[-1])
+    return (y, *nl.layer_norm_backward(dy, cache)[:1]), cache
+
+
+@needs_numba
+def test_concurrent_calls_from_python_threads_agree_with_one_call(rng):
+    """Numba's default thread pool must not be entered twice at once; the kernels serialize their launches."""
+    x, dy = rng.standard_normal((2, 64, 300)).astype(np.float32)
+    expected, cache = _layer_norm_round_trip(x, dy)
+    assert isinstance(cache, _fast_numba.CompiledCache)
+    mismatches, errors = [], []
+
+    def work():
+        try:
+            for _ in range(50):
+                got, _ = _layer_norm_round_trip(x, dy)
+                mismatches.extend(i for i, (a, b) in enumerate(zip(got, expected)) if not np.array_equal(a, b))
+        except Exception as exc:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches
+
+
+@needs_numba
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_process_forked_after_the_kernels_ran_still_computes_correctly(rng):
+    """GNU OpenMP cannot run in a forked child; such a child falls back to the NumPy path instead of dying."""
+    x, dy = rng.standard_normal((2, 64, 300)).astype(np.float32)
+    expected, cache = _layer_norm_round_trip(x, dy)  # the parent has launched the kernels
+    assert isinstance(cache, _fast_numba.CompiledCache)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never return into pytest
+        code = 1
+        try:
+            got, child_cache = _layer_norm_round_trip(x, dy)
+            fine = all(np.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(got, expected))
+            os.write(write_end, type(child_cache).__name__.encode())
+            code = 0 if fine else 2
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child_cache_type = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with status {status}"
+    safe = _fast_numba._kernels().fork_safe()
+    assert child_cache_type == ("CompiledCache" if safe else "FastCache")
+
+
+@needs_numba
+def test_nan_in_the_input_shows_in_the_output(rng):
+    """The kernels allow reassociation but keep IEEE NaN semantics: bad data is never silently normalized."""
+    x = rng.standard_normal((4, 3, 10)).astype(np.float32)
+    x[1, 2, 3] = np.nan
+    y, cache = nl.group_norm_forward(x, 3)
+    assert isinstance(cache, _fast_numba.CompiledCache)
+    assert np.isnan(y[1, 2]).all() and not np.isnan(y[0]).any()
+    y, cache = nl.batch_norm_forward(x)
+    assert np.isnan(y[:, 2]).all() and not np.isnan(y[:, :2]).any()

@@ -104,7 +104,8 @@ _jit = numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "c
 # Loops index from 0 over slices: an index such as c0 + k might be negative as far as the
 # compiler knows, and the wraparound check for that stops it from vectorizing the loop.
 # Sums accumulate in float64; elementwise work runs in the input's dtype (``t = x.dtype.type``),
-# which for float32 fits twice as many values in a vector register.
+# which for float32 fits twice as many values in a vector register. The float64 mean enters it as
+# two parts, ``mu + mu_lo``: x - mu is then exact for values near the mean, where it matters.
 
 
 @_jit
@@ -125,18 +126,18 @@ def _rows_forward(x, weight, bias, cpg, s, groups, eps, y, mean, var):
             squares += d * d
         centre = total_d / length
         mean[r], var[r] = shift + centre, max(squares / length - centre * centre, 0.0)
-        rs, mu = t(1.0 / np.sqrt(var[r] + eps)), t(mean[r])
+        rs, mu, mu_lo = t(1.0 / np.sqrt(var[r] + eps)), t(mean[r]), t(mean[r] - t(mean[r]))
         c0 = (r % groups) * cpg
         w, b = weight[c0:c0 + cpg], bias[c0:c0 + cpg]
         if s == 1:
             for k in range(cpg):
-                yr[k] = (xr[k] - mu) * (rs * w[k]) + b[k]
+                yr[k] = (xr[k] - mu - mu_lo) * (rs * w[k]) + b[k]
         else:
             for k in range(cpg):
                 xk, yk = xr[k * s:(k + 1) * s], yr[k * s:(k + 1) * s]
                 scale, offset = rs * w[k], b[k]
                 for i in range(s):
-                    yk[i] = (xk[i] - mu) * scale + offset
+                    yk[i] = (xk[i] - mu - mu_lo) * scale + offset
 
 
 @_jit
@@ -148,14 +149,14 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, 
     for task in numba.prange(tasks):
         for r in range(task * per_task, min(rows, (task + 1) * per_task)):
             xr, dyr, dxr = x[r], dy[r], dx[r]
-            mu, rs, c0 = t(mean[r]), t(rstd[r]), (r % groups) * cpg
+            mu, mu_lo, rs, c0 = t(mean[r]), t(mean[r] - t(mean[r])), t(rstd[r]), (r % groups) * cpg
             w = weight[c0:c0 + cpg]
             acc_dy, acc_dy_xhat = part_dy[task, c0:c0 + cpg], part_dy_xhat[task, c0:c0 + cpg]
             sum_g = 0.0  # Σ γ·dy over the row
             sum_g_xhat = 0.0  # Σ γ·dy·x̂ over the row
             if s == 1:
                 for k in range(cpg):
-                    g, xhat = dyr[k], (xr[k] - mu) * rs
+                    g, xhat = dyr[k], (xr[k] - mu - mu_lo) * rs
                     acc_dy[k] += g
                     acc_dy_xhat[k] += g * xhat
                     sum_g += w[k] * g
@@ -167,7 +168,7 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, 
                     channel_dy_d = 0.0  # Σ dy·(x - mean)
                     for i in range(s):
                         channel_dy += dyk[i]
-                        channel_dy_d += dyk[i] * (xk[i] - mu)
+                        channel_dy_d += dyk[i] * (xk[i] - mu - mu_lo)
                     acc_dy[k] += channel_dy
                     acc_dy_xhat[k] += channel_dy_d * rs
                     sum_g += w[k] * channel_dy
@@ -175,14 +176,14 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, 
             mean_g, mean_g_xhat = t(sum_g / length), t(sum_g_xhat / length)
             if s == 1:
                 for k in range(cpg):
-                    xhat = (xr[k] - mu) * rs
+                    xhat = (xr[k] - mu - mu_lo) * rs
                     dxr[k] = rs * (w[k] * dyr[k] - mean_g - xhat * mean_g_xhat)
             else:
                 for k in range(cpg):
                     xk, dyk, dxk = xr[k * s:(k + 1) * s], dyr[k * s:(k + 1) * s], dxr[k * s:(k + 1) * s]
                     wk = w[k]
                     for i in range(s):
-                        xhat = (xk[i] - mu) * rs
+                        xhat = (xk[i] - mu - mu_lo) * rs
                         dxk[i] = rs * (wk * dyk[i] - mean_g - xhat * mean_g_xhat)
 
 
@@ -208,11 +209,12 @@ def _channels_forward(x, weight, bias, eps, y, mean, var):
                 squares += d * d
         centre = total_d / m
         mean[c], var[c] = shift + centre, max(squares / m - centre * centre, 0.0)
-        mu, scale, offset = t(mean[c]), t(weight[c] / np.sqrt(var[c] + eps)), bias[c]
+        mu, mu_lo = t(mean[c]), t(mean[c] - t(mean[c]))
+        scale, offset = t(weight[c] / np.sqrt(var[c] + eps)), bias[c]
         for i in range(n):
             xc, yc = x[i, c], y[i, c]
             for j in range(s):
-                yc[j] = (xc[j] - mu) * scale + offset
+                yc[j] = (xc[j] - mu - mu_lo) * scale + offset
 
 
 @_jit
@@ -221,14 +223,14 @@ def _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy):
     m = n * s
     t = x.dtype.type
     for c in numba.prange(channels):
-        mu = t(mean[c])
+        mu, mu_lo = t(mean[c]), t(mean[c] - t(mean[c]))
         total_dy = 0.0
         total_dy_d = 0.0  # Σ dy·(x - mean)
         for i in range(n):
             xc, dyc = x[i, c], dy[i, c]
             for j in range(s):
                 total_dy += dyc[j]
-                total_dy_d += dyc[j] * (xc[j] - mu)
+                total_dy_d += dyc[j] * (xc[j] - mu - mu_lo)
         rs = rstd[c]
         sum_dy[c], sum_dy_xhat[c] = total_dy, total_dy_d * rs
         # dx = γ·rstd·(dy - Σdy/m - (x - mean)·rstd²·Σ dy·(x - mean)/m)
@@ -236,7 +238,7 @@ def _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy):
         for i in range(n):
             xc, dyc, dxc = x[i, c], dy[i, c], dx[i, c]
             for j in range(s):
-                dxc[j] = scale * (dyc[j] - mean_dy - (xc[j] - mu) * slope)
+                dxc[j] = scale * (dyc[j] - mean_dy - (xc[j] - mu - mu_lo) * slope)
 
 
 @_jit
@@ -262,12 +264,13 @@ def _columns_forward(x, weight, bias, eps, y, mean, var, block):
         mean[c0:c1] = shift + centre
         var[c0:c1] = np.maximum(squares / n - centre * centre, 0.0)
         mu = mean[c0:c1].astype(x.dtype)
+        mu_lo = (mean[c0:c1] - mu).astype(x.dtype)
         scale = (weight[c0:c1] / np.sqrt(var[c0:c1] + eps)).astype(x.dtype)
         b = bias[c0:c1]
         for i in range(n):
             xi, yi = x[i, c0:c1], y[i, c0:c1]
             for k in range(width):
-                yi[k] = (xi[k] - mu[k]) * scale[k] + b[k]
+                yi[k] = (xi[k] - mu[k] - mu_lo[k]) * scale[k] + b[k]
 
 
 @_jit
@@ -277,13 +280,14 @@ def _columns_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy, block)
         c0, c1 = blk * block, min(channels, (blk + 1) * block)
         width = c1 - c0
         mu, rs = mean[c0:c1].astype(x.dtype), rstd[c0:c1]
+        mu_lo = (mean[c0:c1] - mu).astype(x.dtype)
         total_dy = np.zeros(width)
         total_dy_d = np.zeros(width)  # Σ dy·(x - mean)
         for i in range(n):
             xi, dyi = x[i, c0:c1], dy[i, c0:c1]
             for k in range(width):
                 total_dy[k] += dyi[k]
-                total_dy_d[k] += dyi[k] * (xi[k] - mu[k])
+                total_dy_d[k] += dyi[k] * (xi[k] - mu[k] - mu_lo[k])
         sum_dy[c0:c1], sum_dy_xhat[c0:c1] = total_dy, total_dy_d * rs
         scale = (weight[c0:c1] * rs).astype(x.dtype)
         mean_dy = (total_dy / n).astype(x.dtype)
@@ -291,4 +295,4 @@ def _columns_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy, block)
         for i in range(n):
             xi, dyi, dxi = x[i, c0:c1], dy[i, c0:c1], dx[i, c0:c1]
             for k in range(width):
-                dxi[k] = scale[k] * (dyi[k] - mean_dy[k] - (xi[k] - mu[k]) * slope[k])
+                dxi[k] = scale[k] * (dyi[k] - mean_dy[k] - (xi[k] - mu[k] - mu_lo[k]) * slope[k])
