@@ -19,9 +19,14 @@ from ._fast_numpy import _stat_shape
 USE_NUMBA = importlib.util.find_spec("numba") is not None
 """Switch: the core uses the compiled kernels while True (the tests turn it off to reach the NumPy path)."""
 
+MIN_ELEMENTS = 1 << 15
+"""Smaller inputs take the NumPy path. Their time goes to call overhead, which the kernels do not cut,
+and a session that only ever normalizes small arrays (the exercises, say) never waits for Numba to
+compile the kernels (about 15 seconds per dtype, once: Numba caches them on disk)."""
 
-def enabled():
-    return USE_NUMBA
+
+def enabled(x):
+    return USE_NUMBA and x.size >= MIN_ELEMENTS
 
 
 @cache

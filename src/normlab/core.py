@@ -68,7 +68,7 @@ def normalize(x, layout, weight=None, bias=None, *, eps, stats=None):
     """
     if _fast_numpy.accepts(x, weight, bias, *(stats or ())):  # same result, fewer passes (see _fast_numpy)
         plan = _fast_numpy.plan_for(x.shape, layout, stats)
-        if plan is not None and stats is None and _fast_numba.enabled():  # compiled: one read of x per pass
+        if plan is not None and stats is None and _fast_numba.enabled(x):  # compiled: one read of x per pass
             return _fast_numba.forward(x, layout, plan, weight, bias, eps=eps)
         if plan is not None:
             return _fast_numpy.forward(x, layout, plan, weight, bias, eps=eps, stats=stats)

@@ -31,6 +31,7 @@ def fast_path(request, monkeypatch):
     if request.param == "compiled" and not HAS_NUMBA:
         pytest.skip("Numba is not installed (pip install 'normlab[fast]')")
     monkeypatch.setattr(_fast_numba, "USE_NUMBA", request.param == "compiled")
+    monkeypatch.setattr(_fast_numba, "MIN_ELEMENTS", 0)  # small shapes cover the edge cases
     return request.param
 
 
@@ -308,7 +309,21 @@ def _layer_norm_round_trip(x, dy):
     return (y, *nl.layer_norm_backward(dy, cache)[:1]), cache
 
 
+@pytest.fixture
+def compiled_for_all_sizes(monkeypatch):
+    monkeypatch.setattr(_fast_numba, "MIN_ELEMENTS", 0)
+
+
+def test_small_inputs_take_the_numpy_path_and_large_ones_the_compiled_one(rng):
+    small = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    assert isinstance(nl.batch_norm_forward(small)[1], _fast_numpy.FastCache)
+    large = rng.standard_normal((8, 8, _fast_numba.MIN_ELEMENTS // 64)).astype(np.float32)
+    expected = _fast_numba.CompiledCache if HAS_NUMBA else _fast_numpy.FastCache
+    assert isinstance(nl.batch_norm_forward(large)[1], expected)
+
+
 @needs_numba
+@pytest.mark.usefixtures("compiled_for_all_sizes")
 def test_concurrent_calls_from_python_threads_agree_with_one_call(rng):
     """Numba's default thread pool must not be entered twice at once; the kernels serialize their launches."""
     x, dy = rng.standard_normal((2, 64, 300)).astype(np.float32)
@@ -333,6 +348,7 @@ def test_concurrent_calls_from_python_threads_agree_with_one_call(rng):
 
 
 @needs_numba
+@pytest.mark.usefixtures("compiled_for_all_sizes")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_process_forked_after_the_kernels_ran_still_computes_correctly(rng):
     """GNU OpenMP cannot run in a forked child; such a child falls back to the NumPy path instead of dying."""
@@ -360,6 +376,7 @@ def test_a_process_forked_after_the_kernels_ran_still_computes_correctly(rng):
 
 
 @needs_numba
+@pytest.mark.usefixtures("compiled_for_all_sizes")
 def test_nan_in_the_input_shows_in_the_output(rng):
     """The kernels allow reassociation but keep IEEE NaN semantics: bad data is never silently normalized."""
     x = rng.standard_normal((4, 3, 10)).astype(np.float32)
@@ -369,3 +386,34 @@ def test_nan_in_the_input_shows_in_the_output(rng):
     assert np.isnan(y[1, 2]).all() and not np.isnan(y[0]).any()
     y, cache = nl.batch_norm_forward(x)
     assert np.isnan(y[:, 2]).all() and not np.isnan(y[:, :2]).any()
+
+
+@needs_numba
+@pytest.mark.slow
+def test_the_kernels_compile_without_a_warning(tmp_path):
+    """A compiler warning would reach the user's stderr (and fail the book's build): compile every kernel afresh."""
+    import subprocess
+    import sys
+
+    script = """
+import warnings
+import numpy as np
+import normlab as nl
+from normlab import _fast_numba
+_fast_numba.MIN_ELEMENTS = 0
+warnings.simplefilter("error")
+x = np.random.default_rng(0).standard_normal((6, 4, 5)).astype(np.float32)
+for forward, backward, a in [
+    (lambda a: nl.batch_norm_forward(a), nl.batch_norm_backward, x),
+    (lambda a: nl.batch_norm_forward(a), nl.batch_norm_backward, x[:, :, 0].copy()),
+    (lambda a: nl.group_norm_forward(a, 2), nl.group_norm_backward, x),
+    (lambda a: nl.layer_norm_forward(a, 5), nl.layer_norm_backward, x),
+]:
+    y, cache = forward(a)
+    assert isinstance(cache, _fast_numba.CompiledCache)
+    backward(y, cache)
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""

@@ -38,11 +38,6 @@ import numpy as np
 
 _LOCK = threading.Lock()
 
-# Channels per task in BatchNorm1d (S == 1), where a channel's values lie a row apart: a block of
-# channels is read row by row, one contiguous run per row, which the compiler vectorizes.
-_CHANNEL_BLOCK = 64
-
-
 def fork_safe():
     """False when a process forked from this one must not launch these kernels (GNU OpenMP is running)."""
     try:
@@ -78,7 +73,7 @@ def channels_forward(x, weight, bias, eps):
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
     with _LOCK:
         if x.shape[2] == 1:
-            _columns_forward(x[:, :, 0], weight, bias, eps, y[:, :, 0], mean, var, _CHANNEL_BLOCK)
+            _columns_forward(x[:, :, 0], weight, bias, eps, y[:, :, 0], mean, var, numba.get_num_threads())
         else:
             _channels_forward(x, weight, bias, eps, y, mean, var)
     return y, mean, var
@@ -91,7 +86,7 @@ def channels_backward(x, dy, mean, rstd, weight):
     with _LOCK:
         if x.shape[2] == 1:
             _columns_backward(x[:, :, 0], dy[:, :, 0], mean, rstd, weight, dx[:, :, 0], sum_dy_xhat, sum_dy,
-                              _CHANNEL_BLOCK)
+                              numba.get_num_threads())
         else:
             _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy)
     return dx, sum_dy_xhat, sum_dy
@@ -99,13 +94,75 @@ def channels_backward(x, dy, mean, rstd, weight):
 
 # Reassociation lets the compiler split a sum over several vector accumulators; NaN and
 # infinity keep their IEEE meaning (no 'nnan'/'ninf'), so bad input still shows as NaN.
-_jit = numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+_FASTMATH = {"reassoc", "contract"}
+# Only the explicit prange loops run in parallel: each parallel region costs a launch, which the
+# small array expressions between the passes are not worth.
+_PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+                "setitem": False, "numpy": False, "stencil": False, "fusion": False}
+_jit = numba.njit(parallel=_PRANGE_ONLY, cache=True, nogil=True, fastmath=_FASTMATH)
+_inline = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always")
 
-# Loops index from 0 over slices: an index such as c0 + k might be negative as far as the
-# compiler knows, and the wraparound check for that stops it from vectorizing the loop.
-# Sums accumulate in float64; elementwise work runs in the input's dtype (``t = x.dtype.type``),
-# which for float32 fits twice as many values in a vector register. The float64 mean enters it as
-# two parts, ``mu + mu_lo``: x - mu is then exact for values near the mean, where it matters.
+# How the loops are written, and why:
+# - elementwise work runs in the input's dtype (``t = x.dtype.type``): for float32, a vector
+#   register then holds twice as many values as in float64;
+# - sums run in the input's dtype over blocks of `_SUM_BLOCK` values, and in float64 across
+#   blocks: as fast as float32 and, for sums of up to millions of values, as exact as float64;
+# - the float64 mean enters elementwise work as two parts, ``mu + mu_lo``, so that x - mean
+#   is exact for values near the mean, where it matters;
+# - loops index from 0 over slices: an index such as c0 + k might be negative as far as the
+#   compiler knows, and the wraparound check for that stops it from vectorizing the loop.
+_SUM_BLOCK = 512
+
+
+@_inline
+def _sum(a):
+    """Σ a, for a 1-D array."""
+    total = 0.0
+    for start in range(0, a.shape[0], _SUM_BLOCK):
+        block = a[start:start + _SUM_BLOCK]
+        part = a.dtype.type(0)
+        for i in range(block.shape[0]):
+            part += block[i]
+        total += part
+    return total
+
+
+@_inline
+def _centred_sums(a, shift):
+    """Σ (a - shift) and Σ (a - shift)², for a 1-D array and a scalar of its dtype."""
+    total, squares = 0.0, 0.0
+    for start in range(0, a.shape[0], _SUM_BLOCK):
+        block = a[start:start + _SUM_BLOCK]
+        part, part_squares = a.dtype.type(0), a.dtype.type(0)
+        for i in range(block.shape[0]):
+            d = block[i] - shift
+            part += d
+            part_squares += d * d
+        total += part
+        squares += part_squares
+    return total, squares
+
+
+@_inline
+def _gradient_sums(dy, x, mu, mu_lo):
+    """Σ dy and Σ dy·(x - mean), for 1-D arrays and the mean in two parts of their dtype."""
+    total, products = 0.0, 0.0
+    for start in range(0, x.shape[0], _SUM_BLOCK):
+        xb, dyb = x[start:start + _SUM_BLOCK], dy[start:start + _SUM_BLOCK]
+        part, part_products = x.dtype.type(0), x.dtype.type(0)
+        for i in range(xb.shape[0]):
+            part += dyb[i]
+            part_products += dyb[i] * (xb[i] - mu - mu_lo)
+        total += part
+        products += part_products
+    return total, products
+
+
+@_inline
+def _two_parts(value, t):
+    """A float64 as the sum of two numbers of type t: the nearest one, and the rest."""
+    hi = t(value)
+    return hi, t(value - hi)
 
 
 @_jit
@@ -114,19 +171,12 @@ def _rows_forward(x, weight, bias, cpg, s, groups, eps, y, mean, var):
     t = x.dtype.type
     for r in numba.prange(rows):
         xr, yr = x[r], y[r]
-        total = 0.0
-        for i in range(length):
-            total += xr[i]
-        shift = t(total / length)
-        total_d = 0.0  # Σ (x - shift), which corrects the shift's rounding
-        squares = 0.0
-        for i in range(length):
-            d = xr[i] - shift
-            total_d += d
-            squares += d * d
+        shift = t(_sum(xr) / length)
+        total_d, squares = _centred_sums(xr, shift)  # the mean of x - shift corrects the shift's rounding
         centre = total_d / length
         mean[r], var[r] = shift + centre, max(squares / length - centre * centre, 0.0)
-        rs, mu, mu_lo = t(1.0 / np.sqrt(var[r] + eps)), t(mean[r]), t(mean[r] - t(mean[r]))
+        mu, mu_lo = _two_parts(mean[r], t)
+        rs = t(1.0 / np.sqrt(var[r] + eps))
         c0 = (r % groups) * cpg
         w, b = weight[c0:c0 + cpg], bias[c0:c0 + cpg]
         if s == 1:
@@ -149,7 +199,8 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, 
     for task in numba.prange(tasks):
         for r in range(task * per_task, min(rows, (task + 1) * per_task)):
             xr, dyr, dxr = x[r], dy[r], dx[r]
-            mu, mu_lo, rs, c0 = t(mean[r]), t(mean[r] - t(mean[r])), t(rstd[r]), (r % groups) * cpg
+            mu, mu_lo = _two_parts(mean[r], t)
+            rs, c0 = t(rstd[r]), (r % groups) * cpg
             w = weight[c0:c0 + cpg]
             acc_dy, acc_dy_xhat = part_dy[task, c0:c0 + cpg], part_dy_xhat[task, c0:c0 + cpg]
             sum_g = 0.0  # Σ γ·dy over the row
@@ -163,12 +214,7 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, 
                     sum_g_xhat += w[k] * (g * xhat)
             else:
                 for k in range(cpg):
-                    xk, dyk = xr[k * s:(k + 1) * s], dyr[k * s:(k + 1) * s]
-                    channel_dy = 0.0
-                    channel_dy_d = 0.0  # Σ dy·(x - mean)
-                    for i in range(s):
-                        channel_dy += dyk[i]
-                        channel_dy_d += dyk[i] * (xk[i] - mu - mu_lo)
+                    channel_dy, channel_dy_d = _gradient_sums(dyr[k * s:(k + 1) * s], xr[k * s:(k + 1) * s], mu, mu_lo)
                     acc_dy[k] += channel_dy
                     acc_dy_xhat[k] += channel_dy_d * rs
                     sum_g += w[k] * channel_dy
@@ -195,21 +241,16 @@ def _channels_forward(x, weight, bias, eps, y, mean, var):
     for c in numba.prange(channels):
         total = 0.0
         for i in range(n):
-            xc = x[i, c]
-            for j in range(s):
-                total += xc[j]
+            total += _sum(x[i, c])
         shift = t(total / m)
-        total_d = 0.0
-        squares = 0.0
+        total_d, squares = 0.0, 0.0
         for i in range(n):
-            xc = x[i, c]
-            for j in range(s):
-                d = xc[j] - shift
-                total_d += d
-                squares += d * d
+            part, part_squares = _centred_sums(x[i, c], shift)
+            total_d += part
+            squares += part_squares
         centre = total_d / m
         mean[c], var[c] = shift + centre, max(squares / m - centre * centre, 0.0)
-        mu, mu_lo = t(mean[c]), t(mean[c] - t(mean[c]))
+        mu, mu_lo = _two_parts(mean[c], t)
         scale, offset = t(weight[c] / np.sqrt(var[c] + eps)), bias[c]
         for i in range(n):
             xc, yc = x[i, c], y[i, c]
@@ -223,14 +264,13 @@ def _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy):
     m = n * s
     t = x.dtype.type
     for c in numba.prange(channels):
-        mu, mu_lo = t(mean[c]), t(mean[c] - t(mean[c]))
+        mu, mu_lo = _two_parts(mean[c], t)
         total_dy = 0.0
         total_dy_d = 0.0  # Σ dy·(x - mean)
         for i in range(n):
-            xc, dyc = x[i, c], dy[i, c]
-            for j in range(s):
-                total_dy += dyc[j]
-                total_dy_d += dyc[j] * (xc[j] - mu - mu_lo)
+            part, part_products = _gradient_sums(dy[i, c], x[i, c], mu, mu_lo)
+            total_dy += part
+            total_dy_d += part_products
         rs = rstd[c]
         sum_dy[c], sum_dy_xhat[c] = total_dy, total_dy_d * rs
         # dx = γ·rstd·(dy - Σdy/m - (x - mean)·rstd²·Σ dy·(x - mean)/m)
@@ -241,58 +281,132 @@ def _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy):
                 dxc[j] = scale * (dyc[j] - mean_dy - (xc[j] - mu - mu_lo) * slope)
 
 
-@_jit
-def _columns_forward(x, weight, bias, eps, y, mean, var, block):
-    n, channels = x.shape
-    for blk in numba.prange((channels + block - 1) // block):
-        c0, c1 = blk * block, min(channels, (blk + 1) * block)
-        width = c1 - c0
-        total = np.zeros(width)
-        for i in range(n):
-            xi = x[i, c0:c1]
-            for k in range(width):
-                total[k] += xi[k]
-        shift = (total / n).astype(x.dtype)
-        total_d, squares = np.zeros(width), np.zeros(width)
-        for i in range(n):
-            xi = x[i, c0:c1]
-            for k in range(width):
-                d = xi[k] - shift[k]
-                total_d[k] += d
-                squares[k] += d * d
-        centre = total_d / n
-        mean[c0:c1] = shift + centre
-        var[c0:c1] = np.maximum(squares / n - centre * centre, 0.0)
-        mu = mean[c0:c1].astype(x.dtype)
-        mu_lo = (mean[c0:c1] - mu).astype(x.dtype)
-        scale = (weight[c0:c1] / np.sqrt(var[c0:c1] + eps)).astype(x.dtype)
-        b = bias[c0:c1]
-        for i in range(n):
-            xi, yi = x[i, c0:c1], y[i, c0:c1]
-            for k in range(width):
-                yi[k] = (xi[k] - mu[k] - mu_lo[k]) * scale[k] + b[k]
+# BatchNorm1d: a channel's values lie a row apart. Each task takes a block of whole rows, which it
+# reads contiguously and which stays in its core's cache from one pass to the next; the tasks' sums
+# per channel are added up between the passes. Within a task, sums run per channel in the input's
+# dtype over `_SUM_BLOCK` rows, then in float64.
+_PILOT_ROWS = 32
+
+
+@_inline
+def _add_centred_column_sums(rows, shift, total, squares):
+    """total[c] += Σ (x - shift[c]) and squares[c] += Σ (x - shift[c])² over the rows."""
+    part, part_squares = np.empty(rows.shape[1], rows.dtype), np.empty(rows.shape[1], rows.dtype)
+    for start in range(0, rows.shape[0], _SUM_BLOCK):
+        block = rows[start:start + _SUM_BLOCK]
+        part[:] = 0
+        part_squares[:] = 0
+        for i in range(block.shape[0]):
+            row = block[i]
+            for c in range(row.shape[0]):
+                d = row[c] - shift[c]
+                part[c] += d
+                part_squares[c] += d * d
+        total += part
+        squares += part_squares
+
+
+@_inline
+def _add_gradient_column_sums(dy_rows, x_rows, mu, mu_lo, total, products):
+    """total[c] += Σ dy and products[c] += Σ dy·(x - mean[c]) over the rows."""
+    part, part_products = np.empty(x_rows.shape[1], x_rows.dtype), np.empty(x_rows.shape[1], x_rows.dtype)
+    for start in range(0, x_rows.shape[0], _SUM_BLOCK):
+        xb, dyb = x_rows[start:start + _SUM_BLOCK], dy_rows[start:start + _SUM_BLOCK]
+        part[:] = 0
+        part_products[:] = 0
+        for i in range(xb.shape[0]):
+            x_row, dy_row = xb[i], dyb[i]
+            for c in range(x_row.shape[0]):
+                part[c] += dy_row[c]
+                part_products[c] += dy_row[c] * (x_row[c] - mu[c] - mu_lo[c])
+        total += part
+        products += part_products
+
+
+@_inline
+def _task_totals(parts):
+    """Σ over tasks (rows) of a (tasks, C) float64 array."""
+    total = np.zeros(parts.shape[1])
+    for task in range(parts.shape[0]):
+        row = parts[task]
+        for c in range(row.shape[0]):
+            total[c] += row[c]
+    return total
+
+
+# Between the parallel passes, per-channel arithmetic is written as loops: an array expression
+# there would become a parallel region of its own (or, with those turned off, a compiler warning).
 
 
 @_jit
-def _columns_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy, block):
+def _columns_forward(x, weight, bias, eps, y, mean, var, tasks):
     n, channels = x.shape
-    for blk in numba.prange((channels + block - 1) // block):
-        c0, c1 = blk * block, min(channels, (blk + 1) * block)
-        width = c1 - c0
-        mu, rs = mean[c0:c1].astype(x.dtype), rstd[c0:c1]
-        mu_lo = (mean[c0:c1] - mu).astype(x.dtype)
-        total_dy = np.zeros(width)
-        total_dy_d = np.zeros(width)  # Σ dy·(x - mean)
-        for i in range(n):
-            xi, dyi = x[i, c0:c1], dy[i, c0:c1]
-            for k in range(width):
-                total_dy[k] += dyi[k]
-                total_dy_d[k] += dyi[k] * (xi[k] - mu[k] - mu_lo[k])
-        sum_dy[c0:c1], sum_dy_xhat[c0:c1] = total_dy, total_dy_d * rs
-        scale = (weight[c0:c1] * rs).astype(x.dtype)
-        mean_dy = (total_dy / n).astype(x.dtype)
-        slope = (total_dy_d * rs * rs / n).astype(x.dtype)
-        for i in range(n):
-            xi, dyi, dxi = x[i, c0:c1], dy[i, c0:c1], dx[i, c0:c1]
-            for k in range(width):
-                dxi[k] = scale[k] * (dyi[k] - mean_dy[k] - (xi[k] - mu[k] - mu_lo[k]) * slope[k])
+    t = x.dtype.type
+    per_task = (n + tasks - 1) // tasks
+    # Centre on the mean of the first rows, a close estimate of the mean: one pass then takes Σd and
+    # Σd², and E[d²] - mean(d)² cancels little. Where the estimate is off by more than a standard
+    # deviation, which costs more than a bit, a second pass centres on the mean itself.
+    pilot = min(n, _PILOT_ROWS)
+    pilot_sum = np.zeros(channels)
+    for i in range(pilot):
+        row = x[i]
+        for c in range(channels):
+            pilot_sum[c] += row[c]
+    shift = np.empty(channels, x.dtype)
+    for c in range(channels):
+        shift[c] = t(pilot_sum[c] / pilot)
+    for attempt in range(2):
+        sums_d, squares = np.zeros((tasks, channels)), np.zeros((tasks, channels))
+        for task in numba.prange(tasks):
+            rows = x[task * per_task:(task + 1) * per_task]
+            _add_centred_column_sums(rows, shift, sums_d[task], squares[task])
+        total_d, total_squares = _task_totals(sums_d), _task_totals(squares)
+        far = False
+        for c in range(channels):
+            centre = total_d[c] / n
+            mean[c] = shift[c] + centre
+            var[c] = total_squares[c] / n - centre * centre
+            far = far or centre * centre > var[c]
+        if not far:
+            break
+        for c in range(channels):
+            shift[c] = t(mean[c])
+    mu, mu_lo, scale = np.empty(channels, x.dtype), np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    for c in range(channels):
+        var[c] = max(var[c], 0.0)
+        mu[c] = t(mean[c])
+        mu_lo[c] = t(mean[c] - mu[c])
+        scale[c] = t(weight[c] / np.sqrt(var[c] + eps))
+    for task in numba.prange(tasks):
+        for i in range(task * per_task, min(n, (task + 1) * per_task)):
+            x_row, y_row = x[i], y[i]
+            for c in range(channels):
+                y_row[c] = (x_row[c] - mu[c] - mu_lo[c]) * scale[c] + bias[c]
+
+
+@_jit
+def _columns_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy, tasks):
+    n, channels = x.shape
+    t = x.dtype.type
+    per_task = (n + tasks - 1) // tasks
+    mu, mu_lo = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    for c in range(channels):
+        mu[c] = t(mean[c])
+        mu_lo[c] = t(mean[c] - mu[c])
+    totals, products = np.zeros((tasks, channels)), np.zeros((tasks, channels))  # Σ dy, Σ dy·(x - mean)
+    for task in numba.prange(tasks):
+        rows = slice(task * per_task, (task + 1) * per_task)
+        _add_gradient_column_sums(dy[rows], x[rows], mu, mu_lo, totals[task], products[task])
+    total_dy, total_dy_d = _task_totals(totals), _task_totals(products)
+    scale, mean_dy, slope = np.empty(channels, x.dtype), np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    for c in range(channels):
+        sum_dy[c] = total_dy[c]
+        sum_dy_xhat[c] = total_dy_d[c] * rstd[c]
+        scale[c] = t(weight[c] * rstd[c])
+        mean_dy[c] = t(total_dy[c] / n)
+        slope[c] = t(total_dy_d[c] * rstd[c] * rstd[c] / n)
+    for task in numba.prange(tasks):
+        for i in range(task * per_task, min(n, (task + 1) * per_task)):
+            x_row, dy_row, dx_row = x[i], dy[i], dx[i]
+            for c in range(channels):
+                dx_row[c] = scale[c] * (dy_row[c] - mean_dy[c] - (x_row[c] - mu[c] - mu_lo[c]) * slope[c])
