@@ -347,7 +347,7 @@ def _columns_forward(x, weight, bias, eps, y, mean, var, tasks):
     # Σd², and E[d²] - mean(d)² cancels little. Where the estimate is off by more than a standard
     # deviation, which costs more than a bit, a second pass centres on the mean itself.
     pilot = min(n, _PILOT_ROWS)
-    pilot_sum = np.zeros(channels)
+    pilot_sum = np.zeros(channels, x.dtype)  # only an estimate: the input's precision is plenty
     for i in range(pilot):
         row = x[i]
         for c in range(channels):
