@@ -1,4 +1,4 @@
-"""normlab (NumPy) against torch on the CPU: forward, backward and forward+backward of the four norms.
+"""normlab against torch on the CPU: forward, backward and forward+backward of the four norms.
 
 Run ``make bench`` (or ``python -m bench.run``). It prints one markdown table and
 writes the same numbers, with a description of the machine, to
@@ -15,6 +15,9 @@ How it measures, and why:
   better estimate of what each library does undisturbed (torch's threads wait
   for each other, so a busy machine slows torch more than single-threaded NumPy);
 - torch runs at its default thread count; nothing here touches thread settings;
+- normlab runs its default path (the compiled kernels when Numba is installed)
+  and, as a third column interleaved with the other two, its NumPy path
+  (compiled kernels switched off);
 - torch's backward is timed as ``autograd.grad`` on a graph built beforehand
   (``retain_graph=True``), normlab's as ``*_backward`` on a cache built beforehand;
 - the bandwidth column divides the fewest bytes the pass must move (forward:
@@ -108,24 +111,51 @@ def make_cases(rng):
     return cases
 
 
+def numpy_path(fn):
+    """``fn`` with normlab's compiled kernels switched off: what normlab does without Numba."""
+    from normlab import _fast_numba
+
+    def run(*args):
+        saved, _fast_numba.USE_NUMBA = _fast_numba.USE_NUMBA, False
+        try:
+            return fn(*args)
+        finally:
+            _fast_numba.USE_NUMBA = saved
+
+    return run
+
+
+def path_name(cache):
+    """Which of normlab's paths made this cache."""
+    from normlab import _fast_numba, _fast_numpy
+
+    if isinstance(cache, _fast_numba.CompiledCache):
+        return "compiled"
+    return "numpy" if isinstance(cache, _fast_numpy.FastCache) else "generic"
+
+
 def pass_functions(case):
-    """For each pass, a (normlab, torch) pair of zero-argument callables."""
+    """For each pass, zero-argument callables: normlab (default path), torch, normlab's NumPy path."""
     import torch
 
     nl_cache = case.nl_forward()[1]
+    np_forward, np_backward = numpy_path(case.nl_forward), numpy_path(case.nl_backward)
+    np_cache = np_forward()[1]
     torch_y = case.torch_forward()
 
     def torch_backward(y):
         return torch.autograd.grad(y, case.torch_inputs, case.dy_torch, retain_graph=True)
 
     return {
-        "forward": (case.nl_forward, case.torch_forward),
-        "backward": (lambda: case.nl_backward(nl_cache), lambda: torch_backward(torch_y)),
+        "forward": (case.nl_forward, case.torch_forward, np_forward),
+        "backward": (lambda: case.nl_backward(nl_cache), lambda: torch_backward(torch_y),
+                     lambda: np_backward(np_cache)),
         "forward+backward": (
             lambda: case.nl_backward(case.nl_forward()[1]),
             lambda: torch.autograd.grad(case.torch_forward(), case.torch_inputs, case.dy_torch),
+            lambda: np_backward(np_forward()[1]),
         ),
-    }
+    }, path_name(nl_cache)
 
 
 def _loops_for(fn, min_sample_s):
@@ -190,7 +220,9 @@ def machine_description():
                  for p in threadpool_info()]
     except ImportError:
         pools = "threadpoolctl not installed"
+    numba = _numba_description()
     return {
+        "l2_cache_bytes": _l2_cache_bytes(),
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "platform": platform.platform(),
@@ -199,9 +231,37 @@ def machine_description():
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "threadpools": pools,
+        "numba": numba,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _l2_cache_bytes():
+    """The size of one core's level-2 cache, from Linux's sysfs (None elsewhere)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
+                size = (index / "size").read_text().strip()
+                return int(size[:-1]) * {"K": 2**10, "M": 2**20}[size[-1]] if size[-1] in "KM" else int(size)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _numba_description():
+    """Numba's version, threading layer and threads, after one compiled call has started its pool."""
+    import normlab as nl
+    from normlab import _fast_numba
+
+    if not _fast_numba.USE_NUMBA:
+        return None
+    import numba
+
+    x = np.ones((_fast_numba.MIN_ELEMENTS // 64, 64), np.float32)
+    nl.layer_norm_forward(x, 64)
+    return {"version": numba.__version__, "threading_layer": numba.threading_layer(),
+            "threads": numba.get_num_threads()}
 
 
 def run(repeats, only=None):
@@ -214,16 +274,18 @@ def run(repeats, only=None):
     for case in make_cases(rng):
         if only and only.lower() not in case.op.lower():
             continue
-        fns = pass_functions(case)
+        fns, path = pass_functions(case)
         for name in PASSES:
-            samples_nl, samples_torch = sample_interleaved(fns[name], repeats)
+            samples_nl, samples_torch, samples_np = sample_interleaved(fns[name], repeats)
             t_nl, t_torch = statistics.median(samples_nl), statistics.median(samples_torch)
+            t_np = statistics.median(samples_np)
             best_nl, best_torch = min(samples_nl), min(samples_torch)
             moved = ARRAYS_MOVED[name] * math.prod(case.shape) * 4
             rows.append({
                 "op": case.op,
                 "shape": list(case.shape),
                 "pass": name,
+                "normlab_path": path,
                 "normlab_ms": t_nl * 1e3,
                 "torch_ms": t_torch * 1e3,
                 "ratio": t_nl / t_torch,
@@ -233,6 +295,8 @@ def run(repeats, only=None):
                 "normlab_bw_fraction": moved / t_nl / copy_bw,
                 "torch_bw_fraction": moved / t_torch / copy_bw,
                 "min_bytes": moved,
+                "numpy_path_ms": t_np * 1e3,
+                "numpy_path_ratio": t_np / t_torch,
             })
     return {
         "machine": machine,
@@ -250,14 +314,14 @@ def run(repeats, only=None):
 def format_table(rows):
     lines = [
         "| op | shape | pass | normlab ms | torch ms | normlab/torch | fastest: normlab/torch "
-        "| normlab BW/memcpy | torch BW/memcpy |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| normlab BW/memcpy | torch BW/memcpy | NumPy path/torch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['op']} | {tuple(r['shape'])} | {r['pass']} | {r['normlab_ms']:.3f} | {r['torch_ms']:.3f} "
             f"| {r['ratio']:.2f} | {r['best_ratio']:.2f} | {r['normlab_bw_fraction']:.2f} "
-            f"| {r['torch_bw_fraction']:.2f} |"
+            f"| {r['torch_bw_fraction']:.2f} | {r['numpy_path_ratio']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -282,8 +346,10 @@ def main(argv=None):
 
     result = run(args.repeats, args.only)
     m = result["machine"]
+    kernels = "no Numba: NumPy path only" if m["numba"] is None else (
+        f"numba {m['numba']['version']} ({m['numba']['threading_layer']}, {m['numba']['threads']} threads)")
     print(f"{m['cpu']}, {m['logical_cores']} cores, numpy {m['numpy']}, torch {m['torch']} "
-          f"({m['torch_threads']} threads), {m['date']}")
+          f"({m['torch_threads']} threads), {kernels}, {m['date']}")
     print(f"memcpy of 256 MiB: {result['memcpy_bytes_per_s'] / 1e9:.1f} GB/s, of 8 MiB: "
           f"{result['memcpy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s (read + write); float32 matmul: "
           f"{result['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s; load average {m['load_average_at_start'][0]:.1f} "
