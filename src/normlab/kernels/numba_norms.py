@@ -20,7 +20,9 @@ Two families of kernels cover the four norms, in `normlab._fast_numpy`'s
 - *rows*: one statistic per (sample, group), whose values are one contiguous
   row of length (C/G)·S: GroupNorm, InstanceNorm (G = C) and LayerNorm
   (G = 1, S = 1);
-- *channels*: one statistic per channel, over (N, S): BatchNorm.
+- *channels*: one statistic per channel, over (N, S): BatchNorm. With S = 1
+  (BatchNorm1d) a channel's values lie a row apart, so the *columns* kernels
+  give each task a block of whole rows instead.
 
 The kernels run on Numba's thread pool, in the threading layer Numba picks
 (TBB, OpenMP or its own ``workqueue``; ``NUMBA_THREADING_LAYER`` chooses).
@@ -37,6 +39,7 @@ import numba
 import numpy as np
 
 _LOCK = threading.Lock()
+
 
 def fork_safe():
     """False when a process forked from this one must not launch these kernels (GNU OpenMP is running)."""
