@@ -5,7 +5,7 @@ this module connects them to the core. It runs only for batch statistics
 (training mode) on float16/32/64 NumPy arrays of a layout that
 `normlab._fast_numpy.plan_for` covers; everything else (eval mode, other
 libraries) takes the NumPy fast path or the generic core. Numba is optional
-(the ``fast`` extra): without it `enabled` is False and nothing changes but
+(the ``fast`` extra): without it `USE_NUMBA` is False and nothing changes but
 the speed. The tests check that this path agrees with the generic core.
 """
 import importlib.util
@@ -42,7 +42,8 @@ def _after_fork_in_child():
         USE_NUMBA = False  # the child takes the NumPy path: its parent's OpenMP pool cannot serve it
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class CompiledCache:

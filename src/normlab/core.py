@@ -117,8 +117,8 @@ def normalize_backward(dy, cache):
     c = cache
     if tuple(dy.shape) != c.input_shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}, but the forward input had shape {c.input_shape}")
-    if isinstance(c, _fast_numba.CompiledCache) and _fast_numpy.accepts(dy):
-        return _fast_numba.backward(dy, c)
+    if isinstance(c, _fast_numba.CompiledCache) and _fast_numba.USE_NUMBA and _fast_numpy.accepts(dy):
+        return _fast_numba.backward(dy, c)  # (switched off, e.g. in a forked child: the generic backward below)
     if isinstance(c, _fast_numpy.FastCache) and _fast_numpy.accepts(dy):
         return _fast_numpy.backward(dy, c)
     xp = namespace(dy, c.xhat)
