@@ -25,20 +25,29 @@ and a session that only ever normalizes small arrays (the exercises, say) never 
 compile the kernels (about 15 seconds per dtype, once: Numba caches them on disk)."""
 
 
+UNAVAILABLE = None
+"""Why the kernels could not be loaded here (an exception's text), or None."""
+
+
 def enabled(x):
-    return USE_NUMBA and x.size >= MIN_ELEMENTS
+    return USE_NUMBA and x.size >= MIN_ELEMENTS and _kernels() is not None
 
 
 @cache
 def _kernels():
-    from .kernels import numba_norms  # imports Numba (a third of a second), so only when first needed
-
+    """The kernels module, imported on first use (Numba takes a third of a second), or None where it fails."""
+    global USE_NUMBA, UNAVAILABLE
+    try:
+        from .kernels import numba_norms
+    except Exception as exc:  # noqa: BLE001 - e.g. no writable cache directory for Numba: the NumPy path serves
+        USE_NUMBA, UNAVAILABLE = False, f"{type(exc).__name__}: {exc}"
+        return None
     return numba_norms
 
 
 def _after_fork_in_child():
     global USE_NUMBA
-    if _kernels.cache_info().currsize and not _kernels().fork_safe():
+    if _kernels.cache_info().currsize and _kernels() is not None and not _kernels().fork_safe():
         USE_NUMBA = False  # the child takes the NumPy path: its parent's OpenMP pool cannot serve it
 
 

@@ -322,6 +322,24 @@ def test_small_inputs_take_the_numpy_path_and_large_ones_the_compiled_one(rng):
     assert isinstance(nl.batch_norm_forward(large)[1], expected)
 
 
+def test_where_the_kernels_cannot_load_the_numpy_path_serves(rng, monkeypatch):
+    """E.g. a read-only install with no writable cache for Numba: normlab still works, on the NumPy path."""
+    import sys
+
+    _fast_numba._kernels.cache_clear()
+    monkeypatch.setitem(sys.modules, "normlab.kernels.numba_norms", None)  # importing it now raises ImportError
+    monkeypatch.setattr(_fast_numba, "USE_NUMBA", True)
+    monkeypatch.setattr(_fast_numba, "UNAVAILABLE", None)
+    try:
+        x = rng.standard_normal((8, 8, _fast_numba.MIN_ELEMENTS // 64)).astype(np.float32)
+        y, cache = nl.batch_norm_forward(x)
+        assert isinstance(cache, _fast_numpy.FastCache)
+        assert not _fast_numba.USE_NUMBA and "numba_norms" in _fast_numba.UNAVAILABLE
+        assert np.allclose(y.mean(axis=(0, 2)), 0, atol=1e-5)
+    finally:
+        _fast_numba._kernels.cache_clear()  # the next test imports the real kernels again
+
+
 @needs_numba
 @pytest.mark.usefixtures("compiled_for_all_sizes")
 def test_concurrent_calls_from_python_threads_agree_with_one_call(rng):
