@@ -327,7 +327,10 @@ def test_where_the_kernels_cannot_load_the_numpy_path_serves(rng, monkeypatch):
     import sys
 
     _fast_numba._kernels.cache_clear()
+    import normlab.kernels
+
     monkeypatch.setitem(sys.modules, "normlab.kernels.numba_norms", None)  # importing it now raises ImportError
+    monkeypatch.delattr(normlab.kernels, "numba_norms", raising=False)
     monkeypatch.setattr(_fast_numba, "USE_NUMBA", True)
     monkeypatch.setattr(_fast_numba, "UNAVAILABLE", None)
     try:
