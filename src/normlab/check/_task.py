@@ -47,6 +47,13 @@ class Task:
         """``outputs[i] = {"result", "args", "error"}`` for ``cases()[i]``; returns a list of `Check`."""
         raise NotImplementedError
 
+    def cases_for(self, outputs):
+        """The cases, after checking that ``outputs`` has one entry per case."""
+        cases = self.cases()
+        if len(outputs) != len(cases):
+            raise ValueError(f"{self.name}: judge got {len(outputs)} outputs for {len(cases)} cases")
+        return cases
+
     def __repr__(self):
         return f"<Task {self.name} (chapter {self.chapter}, {self.points:g} points)>"
 
@@ -235,9 +242,7 @@ class ArrayTask(Task):
         return self.make_cases()
 
     def judge(self, outputs):
-        cases = self.cases()
-        if len(outputs) != len(cases):
-            raise ValueError(f"{self.name}: judge got {len(outputs)} outputs for {len(cases)} cases")
+        cases = self.cases_for(outputs)
         checks = []
         for i, (case, output) in enumerate(zip(cases, outputs)):
             label = case_label(i, case["args"][self.label_arg])
