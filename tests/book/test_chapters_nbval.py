@@ -2,13 +2,16 @@
 
 How to mark a claim (for chapter writers)
 -----------------------------------------
-Put the comment ``# NBVAL_CHECK_OUTPUT`` on the first line of a code cell that *prints* a key number
-of your chapter, and print at a stable precision (``print(f"std = {s:.3f}")``, not ``print(s)``).
-Only marked cells are compared; every other cell must still run without error. Mark text outputs
-only (nbval does not compare images). Every numbered chapter (``book/NN_*.md``) needs at least
-one marked cell. Use fixed seeds and ``torch.set_num_threads(1)``-independent maths: a claim that
-changes between two runs on the same machine fails here. ``nbval_sanitize.cfg`` (next to this file)
-absorbs round-off below 1e-13, ``-0.000`` vs ``0.000``, and digits past the 6th decimal.
+Give a code cell that *prints* a key number of your chapter the cell tag ``nbval-check-output``
+(in MyST: ``:tags: [nbval-check-output]`` under the ``{code-cell}`` line), and print at a stable
+precision (``print(f"std = {s:.3f}")``, not ``print(s)``). nbval reads that tag natively under
+``--nbval-lax``. Test markers never appear in the text a reader sees: a ``# NBVAL_...`` comment in
+a cell fails this test (DESIGN.md, "The book reads like a good textbook page"). Only tagged cells
+are compared; every other cell must still run without error. Tag text outputs only (nbval does not
+compare images). Every numbered chapter (``book/NN_*.md``) needs at least one tagged cell. Use
+fixed seeds and ``torch.set_num_threads(1)``-independent maths: a claim that changes between two
+runs on the same machine fails here. ``nbval_sanitize.cfg`` (next to this file) absorbs round-off
+below 1e-13, ``-0.000`` vs ``0.000``, and digits past the 6th decimal.
 
 Where the reference outputs come from
 -------------------------------------
@@ -37,7 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("NORMLAB_BOOK_BUILD", REPO / "_build"))
 EXECUTED = BUILD / "jupyter_execute"
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-MARKER = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"  # nbval maps it to its NBVAL_CHECK_OUTPUT marker
+COMMENT_MARKER = re.compile(r"^\s*#\s*(NBVAL_\w+|PYTEST_VALIDATE_\w+)", flags=re.M)
 
 
 def toc_notebooks():
@@ -50,6 +54,10 @@ def toc_notebooks():
 
 def is_numbered_chapter(name):
     return re.fullmatch(r"book/\d\d_\w+", name) is not None
+
+
+def is_tagged(cell):
+    return TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def code_sources(nb):
@@ -99,11 +107,16 @@ def test_chapter_claims_reproduce(name, tmp_path):
         f"{reference} was built from a different version of {name}.md: run `make book` again"
     )
 
-    marked = [cell for cell in built.cells if cell.cell_type == "code" and MARKER in cell.source]
+    comments = [c.source for c in built.cells if c.cell_type == "code" and COMMENT_MARKER.search(c.source)]
+    assert not comments, (
+        f"{name}.md shows a test marker as a comment; use the cell tag {TAG!r} instead:\n"
+        + "\n---\n".join(src[:200] for src in comments)
+    )
+    marked = [cell for cell in built.cells if cell.cell_type == "code" and is_tagged(cell)]
     if is_numbered_chapter(name):
-        assert marked, f"{name}.md marks no cell with {MARKER}: mark the cells that print its key numbers"
+        assert marked, f"{name}.md tags no cell {TAG!r}: tag the cells that print its key numbers"
     for cell in marked:
-        assert cell.get("outputs"), f"{name}: a {MARKER} cell has no output to compare:\n{cell.source[:200]}"
+        assert cell.get("outputs"), f"{name}: a {TAG!r} cell has no output to compare:\n{cell.source[:200]}"
 
     # The build runs each chapter with its own folder as the working directory (a chapter may
     # read committed files, e.g. bench/results). The copy lives in tmp_path, so its first cell
@@ -119,32 +132,46 @@ def test_chapter_claims_reproduce(name, tmp_path):
     assert ran == len(code_sources(built)), f"only {ran} cells of {name} passed:\n{output[-2000:]}"
 
 
-def _tiny_notebook(printed, stored):
+def _tiny_notebook(printed, stored, tagged=True):
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    cell = nbformat.v4.new_code_cell(f"{MARKER}\nprint({printed!r})", execution_count=2)
+    cell = nbformat.v4.new_code_cell(f"print({printed!r})", execution_count=2)
+    if tagged:
+        cell.metadata["tags"] = [TAG]
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored + "\n")]
     nb.cells = [nbformat.v4.new_code_cell("x = 1", execution_count=1), cell]
     return nb
 
 
 @pytest.mark.parametrize(
-    "printed, stored, should_pass",
+    "printed, stored, tagged, should_pass",
     [
-        ("std = 0.583", "std = 0.583", True),
-        ("std = 0.583", "std = 0.584", False),  # a changed claim is caught
-        ("dbias = -0.000", "dbias = 0.000", True),  # the sign of zero is noise
-        ("dbias = 3.1e-17", "dbias = -2.2e-16", True),  # so is round-off
-        ("dbias = 3.1e-05", "dbias = -2.2e-05", False),  # but a real number is not round-off
+        ("std = 0.583", "std = 0.583", True, True),
+        ("std = 0.583", "std = 0.584", True, False),  # a changed claim in a tagged cell is caught
+        ("std = 0.583", "std = 0.584", False, True),  # an untagged cell is not compared (--nbval-lax)
+        ("dbias = -0.000", "dbias = 0.000", True, True),  # the sign of zero is noise
+        ("dbias = 3.1e-17", "dbias = -2.2e-16", True, True),  # so is round-off
+        ("dbias = 3.1e-05", "dbias = -2.2e-05", True, False),  # but a real number is not round-off
     ],
 )
-def test_marked_cells_are_really_compared(tmp_path, printed, stored, should_pass):
-    """The mechanism itself: nbval with our sanitize file fails on a changed claim, passes on noise."""
+def test_tagged_cells_are_really_compared(tmp_path, printed, stored, tagged, should_pass):
+    """The mechanism itself: nbval reads the cell tag, and with our sanitize file fails on a
+    changed claim and passes on noise."""
     import nbformat
 
     notebook = tmp_path / "tiny.ipynb"
-    nbformat.write(_tiny_notebook(printed, stored), notebook)
+    nbformat.write(_tiny_notebook(printed, stored, tagged), notebook)
     returncode, output, _ = run_nbval(notebook, tmp_path)
     assert (returncode == 0) == should_pass, output[-3000:]
+
+
+def test_book_sources_show_no_test_markers():
+    """No page of the book carries a visible ``NBVAL`` marker; tags are the only mechanism."""
+    offenders = []
+    for page in sorted((REPO / "book").glob("*.md")):
+        for number, line in enumerate(page.read_text().splitlines(), start=1):
+            if "NBVAL" in line:
+                offenders.append(f"{page.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, "visible test markers (use the cell tag instead):\n" + "\n".join(offenders)
