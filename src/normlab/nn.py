@@ -14,7 +14,7 @@ from .instance_norm import instance_norm_forward
 from .layer_norm import as_shape, layer_norm_forward
 from .running_stats import cumulative_momentum
 
-__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "Dropout"]
 
 
 class _Norm:
@@ -186,3 +186,6 @@ class LayerNorm(_Norm):
         self._adopt(x)
         y, self._cache = layer_norm_forward(x, self.normalized_shape, self.weight, self.bias, eps=self.eps)
         return y
+
+
+from .dropout import Dropout  # noqa: E402
