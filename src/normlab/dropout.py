@@ -29,7 +29,7 @@ def _check_p(p, where):
 def _generator(rng):
     if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
         return np.random.default_rng(rng)
-    if isinstance(rng, np.random.Generator):
+    if callable(getattr(rng, "random", None)):  # a numpy.random.Generator, or anything with its random(shape)
         return rng
     raise ValueError(f"dropout: rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}")
 
@@ -37,8 +37,9 @@ def _generator(rng):
 def dropout_forward(x, p, *, training=True, rng=None):
     """Inverted dropout. Returns ``(y, cache)``; pass ``cache`` to `dropout_backward`.
 
-    ``p`` is the probability of zeroing an element. ``rng`` is a NumPy
-    ``Generator`` (advanced by the call), an int seed, or None for fresh entropy.
+    ``p`` is the probability of zeroing an element: where ``rng.random(x.shape) < p``.
+    ``rng`` is a NumPy ``Generator`` (advanced by the call), an int seed, or None
+    for fresh entropy.
     In eval (``training=False``), or with ``p == 0``, ``y`` is ``x`` itself.
     """
     p = _check_p(p, "dropout_forward")
