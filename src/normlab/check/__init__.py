@@ -31,8 +31,9 @@ def _make_checker(task):
     return checker
 
 
-for _name, _task in TASKS.items():
-    globals()[_name] = _make_checker(_task)
+# loop names that cannot shadow a submodule (`_task` is one: `import normlab.check._task` must give it)
+for _checker_name, _checker_task in TASKS.items():
+    globals()[_checker_name] = _make_checker(_checker_task)
 
 __all__ = ["TASKS", "Task", "ArrayTask", "Check", "Report", "run", "summary", "to_plain", "tasks_for_chapter",
            "gradcheck_target", "GRADCHECK_TARGETS", *TASKS]
