@@ -109,3 +109,13 @@ def rng():
 def to_numpy(a):
     """Module-level alias of `Backend.to_numpy`, for tests that have no backend at hand."""
     return Backend.to_numpy(a)
+
+
+@pytest.fixture
+def any_size_compiled(monkeypatch):
+    """The compiled CPU path takes inputs of every size (it normally starts at `numba_cpu.MIN_ELEMENTS`)."""
+    from dataclasses import replace
+
+    from normlab.paths import numba_cpu
+
+    monkeypatch.setattr(numba_cpu.NumbaPath, "coverage", replace(numba_cpu.NumbaPath.coverage, min_elements=1))

@@ -11,11 +11,8 @@ Training uses the batch's biased variance and, when running buffers are given,
 updates them in place: ``running = (1 - momentum)·running + momentum·batch``,
 storing the unbiased variance ``σ²·m/(m-1)``. Eval uses the running buffers.
 
-A C-contiguous float32 CuPy input of shape (N, C, H, W) takes the fused CUDA
-kernels of `normlab.kernels.cupy_batch_norm` instead of the generic path: same
-outputs, same running-buffer updates, and a cache that `batch_norm_backward`
-(and `normlab.core.normalize_backward`) accept. Set ``USE_FUSED_KERNELS = False``
-in this module to force the generic path everywhere.
+The core may hand the work to a fast path (`normlab.paths`: compiled CPU
+kernels, fused CUDA kernels), with the same results.
 """
 from ._backend import namespace, numel
 from ._checks import (
@@ -26,16 +23,9 @@ from ._checks import (
 )
 from .axes import batch_layout
 from .core import normalize, normalize_backward
-from .kernels import cupy_batch_norm
 from .running_stats import unbiased_var, update_running_stats
 
 _OP = "batch_norm"
-
-USE_FUSED_KERNELS = True  # the switch tests flip to compare the fused CuPy kernels with the generic path
-
-
-def _fused(x, *arrays):
-    return USE_FUSED_KERNELS and cupy_batch_norm.accepts(x, *arrays)
 
 
 def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_var=None,
@@ -59,9 +49,6 @@ def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_
             )
         if not eps >= 0:
             raise ValueError(f"{_OP}: eps must be >= 0, got {eps!r}")
-        if _fused(x, weight, bias, running_mean, running_var):
-            y, cache, _ = cupy_batch_norm.forward(x, weight, bias, eps=eps, stats=(running_mean, running_var))
-            return y, cache
         xp = namespace(x, running_mean)
         stats = tuple(xp.reshape(s, layout.param_shape) for s in (running_mean, running_var))
         y, cache, _ = normalize(x, layout, weight, bias, eps=eps, stats=stats)
@@ -76,12 +63,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_
             )
         require_momentum(momentum, _OP)
     require_more_than_one_value_per_channel(x)
-    if _fused(x, weight, bias, running_mean, running_var):
-        running = None if running_mean is None else (running_mean, running_var, momentum)
-        y, cache, batch = cupy_batch_norm.forward(x, weight, bias, eps=eps, running=running)
-    else:
-        y, cache, batch = normalize(x, layout, weight, bias, eps=eps)
-    if running_mean is not None and batch is not None and numel(x.shape) > 0:  # None: the kernels did it
+    y, cache, batch = normalize(x, layout, weight, bias, eps=eps)
+    if running_mean is not None and numel(x.shape) > 0:
         mean, var = batch
         xp = namespace(x)
         n = numel(x.shape) // channels
@@ -92,6 +75,4 @@ def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_
 
 def batch_norm_backward(dy, cache):
     """Returns ``(dx, dweight, dbias)``. In eval the statistics are constants, so ``dx = γ·dy/√(var+ε)``."""
-    if isinstance(cache, cupy_batch_norm.FusedBatchNormCache):
-        return cupy_batch_norm.backward(dy, cache, use_kernels=USE_FUSED_KERNELS)
     return normalize_backward(dy, cache)

@@ -1,4 +1,4 @@
-r"""The one normalization core that BatchNorm, LayerNorm, InstanceNorm and GroupNorm share.
+r"""The one normalization core that every norm shares (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, RMSNorm).
 
 Forward, over the reduction set :math:`R` of a `Layout` (:math:`m = |R|`):
 
@@ -16,10 +16,18 @@ Backward, with :math:`g = \gamma \cdot dy` and :math:`r = 1/\sqrt{\sigma^2+\epsi
 
 where bars average over :math:`R`. When the statistics are constants (eval
 mode), the two averaged terms vanish and :math:`dx = r\,g`.
+
+A layout that does not centre (RMSNorm) takes :math:`\mu = 0`, so that
+:math:`\sigma^2` is the mean square; its backward loses the :math:`\overline{g}`
+term, which came from differentiating :math:`\mu`.
+
+This module is the reference. `normlab.paths` may hand a call to a faster
+path that computes the same thing (`normalize` asks it first); its caches
+offer every attribute of `NormCache`, so `normalize_backward` takes them too.
 """
 from dataclasses import dataclass
 
-from . import _fast_numba, _fast_numpy
+from . import paths
 from ._backend import compute_dtype, device, namespace, numel
 from .axes import Layout
 
@@ -40,8 +48,10 @@ class NormCache:
     param_dtype: object
 
 
-def compute_stats(x, reduce):
+def compute_stats(x, reduce, centre=True):
     """Mean and biased variance over ``reduce`` (keepdims), and ``x - mean``.
+
+    Without centring the mean is 0 and the variance is the mean square.
 
     Corrected two-pass: shift by a first estimate of the mean, then average
     the (small, exactly computed) deviations. This stays accurate for float32
@@ -49,6 +59,9 @@ def compute_stats(x, reduce):
     even a plain two-pass mean lose the digits that matter.
     """
     xp = namespace(x)
+    if not centre:
+        mean_square = xp.mean(x * x, axis=reduce, keepdims=True)
+        return xp.zeros_like(mean_square), mean_square, x
     shift = xp.mean(x, axis=reduce, keepdims=True)
     d = x - shift
     correction = xp.mean(d, axis=reduce, keepdims=True)
@@ -66,12 +79,9 @@ def normalize(x, layout, weight=None, bias=None, *, eps, stats=None):
     Returns ``y`` (input shape and dtype), the `NormCache`, and the batch
     ``(mean, biased_var)`` in the compute dtype (``None`` when ``stats`` were given).
     """
-    if _fast_numpy.accepts(x, weight, bias, *(stats or ())):  # same result, fewer passes (see _fast_numpy)
-        plan = _fast_numpy.plan_for(x.shape, layout, stats)
-        if plan is not None and stats is None and _fast_numba.enabled(x):  # compiled: one read of x per pass
-            return _fast_numba.forward(x, layout, plan, weight, bias, eps=eps)
-        if plan is not None:
-            return _fast_numpy.forward(x, layout, plan, weight, bias, eps=eps, stats=stats)
+    fast = paths.select(x, layout, weight, bias, stats)
+    if fast is not None:  # the same result with fewer passes over memory
+        return fast.forward(x, layout, weight, bias, eps=eps, stats=stats)
     xp = namespace(x, weight, bias)
     ctype = compute_dtype(xp, x.dtype)
     xv = xp.reshape(xp.astype(x, ctype, copy=False), layout.view_shape)
@@ -81,7 +91,7 @@ def normalize(x, layout, weight=None, bias=None, *, eps, stats=None):
             zeros = xp.zeros(_stat_shape(layout), dtype=ctype, device=device(x))
             mean, var, centered = zeros, zeros, xv
         else:
-            mean, var, centered = compute_stats(xv, layout.reduce)
+            mean, var, centered = compute_stats(xv, layout.reduce, layout.centre)
         batch = (mean, var)
     else:
         mean, var = (xp.astype(s, ctype, copy=False) for s in stats)
@@ -117,10 +127,9 @@ def normalize_backward(dy, cache):
     c = cache
     if tuple(dy.shape) != c.input_shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}, but the forward input had shape {c.input_shape}")
-    if isinstance(c, _fast_numba.CompiledCache) and _fast_numba.USE_NUMBA and _fast_numpy.accepts(dy):
-        return _fast_numba.backward(dy, c)  # (switched off, e.g. in a forked child: the generic backward below)
-    if isinstance(c, _fast_numpy.FastCache) and _fast_numpy.accepts(dy):
-        return _fast_numpy.backward(dy, c)
+    fast = paths.select_backward(dy, c)
+    if fast is not None:
+        return fast.backward(dy, c)
     xp = namespace(dy, c.xhat)
     dyc = xp.astype(dy, c.xhat.dtype, copy=False)
 
@@ -136,7 +145,10 @@ def normalize_backward(dy, cache):
     g = xp.reshape(g, c.layout.view_shape)
     if c.batch_stats and numel(c.input_shape) > 0:
         r = c.layout.reduce
-        g = g - xp.mean(g, axis=r, keepdims=True) - c.xhat * xp.mean(g * c.xhat, axis=r, keepdims=True)
+        projection = c.xhat * xp.mean(g * c.xhat, axis=r, keepdims=True)
+        if c.layout.centre:
+            g = g - xp.mean(g, axis=r, keepdims=True)
+        g = g - projection
     dx = xp.reshape(g * c.rstd, c.input_shape)
     return xp.astype(dx, c.input_dtype, copy=False), dweight, dbias
 

@@ -24,15 +24,21 @@ def as_shape(normalized_shape):
         return tuple(operator.index(n) for n in normalized_shape)
 
 
-def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5):
-    """LayerNorm forward. Returns ``(y, cache)``."""
+def require_trailing_shape(x, normalized_shape, op):
+    """``normalized_shape`` as a tuple, checked to be the input's trailing dimensions."""
     shape = as_shape(normalized_shape)
     k = len(shape)
     if k == 0 or x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(
-            f"{_OP}: normalized_shape {shape} must equal the trailing dimensions of the input, "
+            f"{op}: normalized_shape {shape} must equal the trailing dimensions of the input, "
             f"got input of shape {tuple(x.shape)}"
         )
+    return shape
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5):
+    """LayerNorm forward. Returns ``(y, cache)``."""
+    shape = require_trailing_shape(x, normalized_shape, _OP)
     for name, a in (("weight", weight), ("bias", bias)):
         require_shape(name, a, shape, _OP, x)
     require_eps(eps, _OP)

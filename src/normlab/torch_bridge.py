@@ -1,10 +1,17 @@
 """Run normlab's forward and hand-derived backward inside torch autograd.
 
-`NormFunction` is a ``torch.autograd.Function`` whose backward is
-`normlab.core.normalize_backward`, not torch's. The modules subclass torch's
-own norm layers, so parameters, buffers, ``state_dict`` and ``repr`` are
-torch's; only ``forward`` is normlab's. `convert_norms` swaps them into an
-existing model, and `fold_into` merges an eval BatchNorm into the layer before it.
+`NormFunction` is a ``torch.autograd.Function`` whose backward is normlab's
+hand-derived one (`normlab.core.normalize_backward`), not torch's. The modules
+subclass torch's own norm layers, so parameters, buffers, ``state_dict`` and
+``repr`` are torch's; only ``forward`` is normlab's. `convert_norms` swaps them
+into an existing model, and `fold_into` merges an eval BatchNorm into the layer
+before it.
+
+CPU tensors of a dtype NumPy has reach normlab as NumPy views of the same
+memory (no copy), so they take normlab's fast paths (`normlab.paths`), and the
+results come back as tensors over the NumPy arrays, again without a copy;
+running buffers are updated in place through their views. Other tensors (CUDA,
+bfloat16) run through the generic core on torch operations.
 """
 from functools import partial
 
@@ -17,23 +24,48 @@ from .fold import fold_batch_norm
 from .group_norm import group_norm_forward
 from .instance_norm import instance_norm_forward
 from .layer_norm import layer_norm_forward
+from .local_response_norm import local_response_norm_backward, local_response_norm_forward
+from .rms_norm import rms_norm_forward
 
-__all__ = ["NormFunction", "BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "convert_norms", "fold_into"]
+__all__ = ["NormFunction", "BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "RMSNorm", "LocalResponseNorm",
+           "convert_norms", "fold_into"]
+
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def on_host(*tensors):
+    """True when NumPy can view every given tensor without a copy (CPU, a dtype NumPy has)."""
+    return all(t is None or (t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES) for t in tensors)
+
+
+def view(t, host):
+    """``t`` detached, as a NumPy view of its memory when ``host``."""
+    if t is None:
+        return None
+    return t.detach().numpy() if host else t.detach()
+
+
+def _tensor(a):
+    return None if a is None or isinstance(a, torch.Tensor) else torch.from_numpy(a)
 
 
 class NormFunction(torch.autograd.Function):
-    """``y = forward_fn(x, weight, bias)`` with normlab's backward. ``forward_fn`` returns ``(y, cache)``."""
+    """``y = forward_fn(x, weight, bias)`` with normlab's ``backward_fn``; ``forward_fn`` returns ``(y, cache)``.
+
+    ``host`` (see `on_host`) passes NumPy views instead of tensors.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, forward_fn):
-        detach = lambda t: None if t is None else t.detach()  # noqa: E731
-        y, ctx.cache = forward_fn(x.detach(), detach(weight), detach(bias))
-        return y
+    def forward(ctx, x, weight, bias, forward_fn, backward_fn=normalize_backward, host=False):
+        y, ctx.cache = forward_fn(*(view(t, host) for t in (x, weight, bias)))
+        ctx.backward_fn, ctx.host = backward_fn, host
+        return _tensor(y) if host else y
 
     @staticmethod
     def backward(ctx, dy):
-        dx, dweight, dbias = normalize_backward(dy, ctx.cache)
-        return dx, dweight, dbias, None
+        host = ctx.host and on_host(dy)
+        grads = ctx.backward_fn(view(dy, host) if host else dy, ctx.cache)
+        return (*(_tensor(g) if host else g for g in grads), None, None, None)
 
 
 class BatchNorm(tnn.modules.batchnorm._BatchNorm):
@@ -48,9 +80,11 @@ class BatchNorm(tnn.modules.batchnorm._BatchNorm):
         momentum = self.momentum
         if updating and momentum is None:
             momentum = 1.0 / float(self.num_batches_tracked + 1)
-        fn = partial(batch_norm_forward, running_mean=self.running_mean, running_var=self.running_var,
+        host = on_host(x, self.weight, self.bias, self.running_mean, self.running_var)
+        fn = partial(batch_norm_forward, running_mean=view(self.running_mean, host),
+                     running_var=view(self.running_var, host),
                      training=self.training or not self.track_running_stats, momentum=momentum, eps=self.eps)
-        y = NormFunction.apply(x, self.weight, self.bias, fn)
+        y = NormFunction.apply(x, self.weight, self.bias, fn, normalize_backward, host)
         if updating:
             self.num_batches_tracked.add_(1)
         return y
@@ -68,10 +102,12 @@ class InstanceNorm(tnn.modules.instancenorm._InstanceNorm):
 
     def forward(self, x):
         self._check_input_dim(x)
-        fn = partial(instance_norm_forward, running_mean=self.running_mean, running_var=self.running_var,
+        host = on_host(x, self.weight, self.bias, self.running_mean, self.running_var)
+        fn = partial(instance_norm_forward, running_mean=view(self.running_mean, host),
+                     running_var=view(self.running_var, host),
                      use_input_stats=self.training or not self.track_running_stats,
                      momentum=0.0 if self.momentum is None else self.momentum, eps=self.eps)
-        return NormFunction.apply(x, self.weight, self.bias, fn)
+        return NormFunction.apply(x, self.weight, self.bias, fn, normalize_backward, host)
 
 
 class GroupNorm(tnn.GroupNorm):
@@ -79,7 +115,8 @@ class GroupNorm(tnn.GroupNorm):
 
     def forward(self, x):
         fn = partial(group_norm_forward, num_groups=self.num_groups, eps=self.eps)
-        return NormFunction.apply(x, self.weight, self.bias, lambda x, w, b: fn(x, weight=w, bias=b))
+        return NormFunction.apply(x, self.weight, self.bias, lambda x, w, b: fn(x, weight=w, bias=b),
+                                  normalize_backward, on_host(x, self.weight, self.bias))
 
 
 class LayerNorm(tnn.LayerNorm):
@@ -87,7 +124,25 @@ class LayerNorm(tnn.LayerNorm):
 
     def forward(self, x):
         fn = partial(layer_norm_forward, normalized_shape=self.normalized_shape, eps=self.eps)
-        return NormFunction.apply(x, self.weight, self.bias, lambda x, w, b: fn(x, weight=w, bias=b))
+        return NormFunction.apply(x, self.weight, self.bias, lambda x, w, b: fn(x, weight=w, bias=b),
+                                  normalize_backward, on_host(x, self.weight, self.bias))
+
+
+class RMSNorm(tnn.RMSNorm):
+    """Drop-in for ``nn.RMSNorm``."""
+
+    def forward(self, x):
+        fn = partial(rms_norm_forward, normalized_shape=self.normalized_shape, eps=self.eps)
+        return NormFunction.apply(x, self.weight, None, lambda x, w, b: fn(x, weight=w),
+                                  normalize_backward, on_host(x, self.weight))
+
+
+class LocalResponseNorm(tnn.LocalResponseNorm):
+    """Drop-in for ``nn.LocalResponseNorm``."""
+
+    def forward(self, x):
+        fn = partial(local_response_norm_forward, size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+        return NormFunction.apply(x, None, None, lambda x, w, b: fn(x), local_response_norm_backward, on_host(x))
 
 
 _REPLACEMENTS = (
@@ -95,6 +150,8 @@ _REPLACEMENTS = (
     (tnn.modules.instancenorm._InstanceNorm, InstanceNorm),
     (tnn.GroupNorm, GroupNorm),
     (tnn.LayerNorm, LayerNorm),
+    (tnn.RMSNorm, RMSNorm),
+    (tnn.LocalResponseNorm, LocalResponseNorm),
 )
 
 

@@ -40,10 +40,10 @@ def twin_layers(kind, rank, rng, **options):
     channels = SHAPES[rank][1]
     if kind == "batch":
         torch_layer = TORCH_BATCH_NORM[rank](channels, **options)
-        ours = nlnn.BatchNorm(channels, **options)
+        ours = nlnn.BatchNorm(channels, **options, dtype=np.float64)
     elif kind == "instance":
         torch_layer = TORCH_INSTANCE_NORM[rank](channels, **options)
-        ours = nlnn.InstanceNorm(channels, **options)
+        ours = nlnn.InstanceNorm(channels, **options, dtype=np.float64)
     else:
         raise ValueError(kind)
     torch_layer = randomize_torch_module(torch_layer.double(), rng)

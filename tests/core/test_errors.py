@@ -60,12 +60,32 @@ CASES = [
      ["Expected more than 1 spatial element when training, got input size", "(4, 3, 1)"]),
     ("in-no-buffers-without-input-stats", lambda: nl.instance_norm_forward(x_of(4, 3, 5), use_input_stats=False),
      ["running_mean", "(3,)", "(4, 3, 5)"]),
+    # RMSNorm
+    ("rms-trailing-shape", lambda: nl.rms_norm_forward(x_of(2, 4, 3), (3, 4)), ["normalized_shape", "(3, 4)", "(2, 4, 3)"]),
+    ("rms-more-dims-than-input", lambda: nl.rms_norm_forward(x_of(4), (1, 4)), ["(1, 4)", "(4,)"]),
+    ("rms-weight-shape", lambda: nl.rms_norm_forward(x_of(2, 5), 5, np.ones(4)), ["weight", "(5,)", "(4,)", "(2, 5)"]),
+    ("rms-eps-negative", lambda: nl.rms_norm_forward(x_of(2, 5), 5, eps=-1e-6), ["eps", "-1e-06"]),
+    # LocalResponseNorm
+    ("lrn-rank-2", lambda: nl.local_response_norm_forward(x_of(4, 3), 2), ["rank", "(4, 3)"]),
+    ("lrn-size-0", lambda: nl.local_response_norm_forward(x_of(4, 3, 2), 0), ["size", "0"]),
+    ("lrn-size-float", lambda: nl.local_response_norm_forward(x_of(4, 3, 2), 2.5), ["size", "2.5"]),
     # Layers: the channel count is fixed at construction
-    ("layer-bn-channels", lambda: nlnn.BatchNorm(3)(x_of(4, 5, 2)), ["num_features=3", "5 channels", "(4, 5, 2)"]),
-    ("layer-in-channels", lambda: nlnn.InstanceNorm(3)(x_of(4, 2, 6)), ["num_features=3", "2 channels", "(4, 2, 6)"]),
-    ("layer-gn-channels", lambda: nlnn.GroupNorm(2, 6)(x_of(4, 4, 3)), ["num_features=6", "4 channels", "(4, 4, 3)"]),
+    ("layer-bn-channels", lambda: nlnn.BatchNorm(3, dtype="float64")(x_of(4, 5, 2)),
+     ["num_features=3", "5 channels", "(4, 5, 2)"]),
+    ("layer-in-channels", lambda: nlnn.InstanceNorm(3, dtype="float64")(x_of(4, 2, 6)),
+     ["num_features=3", "2 channels", "(4, 2, 6)"]),
+    ("layer-gn-channels", lambda: nlnn.GroupNorm(2, 6, dtype="float64")(x_of(4, 4, 3)),
+     ["num_features=6", "4 channels", "(4, 4, 3)"]),
     ("layer-gn-not-divisible", lambda: nlnn.GroupNorm(4, 6), ["divisible", "6", "4"]),
-    ("layer-ln-shape", lambda: nlnn.LayerNorm((3, 4))(x_of(2, 4, 3)), ["(3, 4)", "(2, 4, 3)"]),
+    ("layer-ln-shape", lambda: nlnn.LayerNorm((3, 4), dtype="float64")(x_of(2, 4, 3)), ["(3, 4)", "(2, 4, 3)"]),
+    ("layer-rms-shape", lambda: nlnn.RMSNorm((3, 4), dtype="float64")(x_of(2, 4, 3)), ["(3, 4)", "(2, 4, 3)"]),
+    # Layers: an input wider than the layer's dtype
+    ("layer-bn-float64-into-float32", lambda: nlnn.BatchNorm(3)(x_of(4, 3)),
+     ["BatchNorm", "float64", "float32", "dtype=float64"]),
+    ("layer-rms-float64-into-float32", lambda: nlnn.RMSNorm(3)(x_of(4, 3)), ["RMSNorm", "float64", "float32"]),
+    ("layer-ln-torch-float64-into-float32", lambda: nlnn.LayerNorm(3)(torch.zeros(2, 3, dtype=torch.float64)),
+     ["float64", "float32"]),
+    ("layer-bad-dtype", lambda: nlnn.BatchNorm(3, dtype="int32"), ["dtype", "int32"]),
 ]
 
 
@@ -115,15 +135,16 @@ def test_failed_call_leaves_running_buffers_untouched(name):
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_failed_layer_call_changes_neither_buffers_nor_batch_count(momentum):
     layer = nlnn.BatchNorm(3, momentum=momentum)
-    layer(x_of(4, 3))  # one good batch, so the buffers are not at their initial values
+    layer(x_of(4, 3).astype(np.float32))  # one good batch, so the buffers are not at their initial values
     before = {k: np.array(v, copy=True) for k, v in layer.state_dict().items()}
-    for bad in (x_of(1, 3), x_of(4, 2), x_of(3)):
+    for bad in (x_of(1, 3), x_of(4, 2), x_of(3), x_of(4, 3)):  # x_of(4, 3) is float64: wider than the layer
         with pytest.raises(ValueError):
             layer(bad)
     after = layer.state_dict()
     assert after["num_batches_tracked"] == before["num_batches_tracked"] == 1
     for key in ("running_mean", "running_var", "weight", "bias"):
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+        assert after[key].dtype == np.float32, key
 
 
 def test_eval_needs_no_positive_eps_but_training_does():

@@ -11,18 +11,18 @@ from .helpers import random_input, randomize_torch_module
 
 # (normlab layer, its torch twin) for every configuration whose state_dict keys differ.
 LAYER_PAIRS = {
-    "bn": (lambda: nlnn.BatchNorm(3), lambda: tnn.BatchNorm2d(3)),
-    "bn-noaffine": (lambda: nlnn.BatchNorm(3, affine=False), lambda: tnn.BatchNorm2d(3, affine=False)),
-    "bn-notrack": (lambda: nlnn.BatchNorm(3, track_running_stats=False),
+    "bn": (lambda: nlnn.BatchNorm(3, dtype=np.float64), lambda: tnn.BatchNorm2d(3)),
+    "bn-noaffine": (lambda: nlnn.BatchNorm(3, affine=False, dtype=np.float64), lambda: tnn.BatchNorm2d(3, affine=False)),
+    "bn-notrack": (lambda: nlnn.BatchNorm(3, track_running_stats=False, dtype=np.float64),
                    lambda: tnn.BatchNorm2d(3, track_running_stats=False)),
-    "in": (lambda: nlnn.InstanceNorm(3), lambda: tnn.InstanceNorm2d(3)),
-    "in-affine-track": (lambda: nlnn.InstanceNorm(3, affine=True, track_running_stats=True),
+    "in": (lambda: nlnn.InstanceNorm(3, dtype=np.float64), lambda: tnn.InstanceNorm2d(3)),
+    "in-affine-track": (lambda: nlnn.InstanceNorm(3, affine=True, track_running_stats=True, dtype=np.float64),
                         lambda: tnn.InstanceNorm2d(3, affine=True, track_running_stats=True)),
-    "gn": (lambda: nlnn.GroupNorm(1, 3), lambda: tnn.GroupNorm(1, 3)),
-    "gn-noaffine": (lambda: nlnn.GroupNorm(3, 3, affine=False), lambda: tnn.GroupNorm(3, 3, affine=False)),
-    "ln": (lambda: nlnn.LayerNorm((4, 5)), lambda: tnn.LayerNorm((4, 5))),
-    "ln-nobias": (lambda: nlnn.LayerNorm(5, bias=False), lambda: tnn.LayerNorm(5, bias=False)),
-    "ln-noaffine": (lambda: nlnn.LayerNorm(5, elementwise_affine=False),
+    "gn": (lambda: nlnn.GroupNorm(1, 3, dtype=np.float64), lambda: tnn.GroupNorm(1, 3)),
+    "gn-noaffine": (lambda: nlnn.GroupNorm(3, 3, affine=False, dtype=np.float64), lambda: tnn.GroupNorm(3, 3, affine=False)),
+    "ln": (lambda: nlnn.LayerNorm((4, 5), dtype=np.float64), lambda: tnn.LayerNorm((4, 5))),
+    "ln-nobias": (lambda: nlnn.LayerNorm(5, bias=False, dtype=np.float64), lambda: tnn.LayerNorm(5, bias=False)),
+    "ln-noaffine": (lambda: nlnn.LayerNorm(5, elementwise_affine=False, dtype=np.float64),
                     lambda: tnn.LayerNorm(5, elementwise_affine=False)),
 }
 
@@ -65,7 +65,7 @@ def test_train_eval_backward_and_grads(name, rng):
 
 
 def test_batch_norm_eval_uses_running_stats_and_train_uses_batch_stats(rng):
-    layer = nlnn.BatchNorm(3, momentum=0.5)
+    layer = nlnn.BatchNorm(3, momentum=0.5, dtype=np.float64)
     for _ in range(3):
         layer(random_input(rng, (8, 3, 4)))
     assert layer.num_batches_tracked == 3
@@ -94,7 +94,7 @@ def test_load_state_dict_from_trained_torch_batch_norm_gives_the_same_eval_outpu
     state = torch_bn.state_dict()
     if source == "numpy":
         state = {k: v.numpy() for k, v in state.items()}
-    ours = nlnn.BatchNorm(3)
+    ours = nlnn.BatchNorm(3, dtype=np.float64)
     ours.load_state_dict(state)
     ours.eval()
     assert ours.num_batches_tracked == 5
@@ -121,7 +121,7 @@ BAD_STATES = {
 
 @pytest.mark.parametrize("bad", BAD_STATES)
 def test_bad_state_dict_is_rejected_and_changes_nothing(bad, rng):
-    layer = nlnn.BatchNorm(3)
+    layer = nlnn.BatchNorm(3, dtype=np.float64)
     layer(random_input(rng, (4, 3)))
     before = {k: np.array(v, copy=True) for k, v in layer.state_dict().items()}
     good = {k: np.full(np.shape(v), 7.0) for k, v in before.items() if k != "num_batches_tracked"}
@@ -136,10 +136,10 @@ def test_bad_state_dict_is_rejected_and_changes_nothing(bad, rng):
 
 
 LAYERS_FOR_BACKENDS = {
-    "bn": lambda: nlnn.BatchNorm(3, momentum=None),
-    "in": lambda: nlnn.InstanceNorm(3, affine=True, track_running_stats=True),
-    "gn": lambda: nlnn.GroupNorm(3, 3),
-    "ln": lambda: nlnn.LayerNorm((3, 5)),
+    "bn": lambda: nlnn.BatchNorm(3, momentum=None, dtype=np.float64),
+    "in": lambda: nlnn.InstanceNorm(3, affine=True, track_running_stats=True, dtype=np.float64),
+    "gn": lambda: nlnn.GroupNorm(3, 3, dtype=np.float64),
+    "ln": lambda: nlnn.LayerNorm((3, 5), dtype=np.float64),
 }
 
 
@@ -164,7 +164,7 @@ def test_layers_follow_the_input_backend(backend, name, rng):
 
 
 def test_a_layer_moves_between_backends(rng):
-    layer = nlnn.BatchNorm(3)
+    layer = nlnn.BatchNorm(3, dtype=np.float64)
     x = random_input(rng, (4, 3)).astype(np.float32)
     y_torch = layer(torch.from_numpy(x))
     assert isinstance(y_torch, torch.Tensor) and isinstance(layer.running_mean, torch.Tensor)

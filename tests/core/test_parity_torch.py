@@ -56,7 +56,7 @@ def test_instance_norm_layer(rank, momentum, track, affine, rng):
 def test_instance_norm_running_var_is_mean_of_unbiased_instance_vars(rng):
     """DESIGN: when tracking, running var = mean over n of the unbiased per-instance variances."""
     x = random_input(rng, (4, 3, 5, 2))
-    ours = nlnn.InstanceNorm(3, momentum=1.0, track_running_stats=True)
+    ours = nlnn.InstanceNorm(3, momentum=1.0, track_running_stats=True, dtype=np.float64)
     ours(x)
     expected_var = np.var(x, axis=(2, 3), ddof=1).mean(axis=0)
     np.testing.assert_allclose(ours.running_var, expected_var, rtol=1e-6)
@@ -75,7 +75,7 @@ def test_group_norm_layer(rank, groups, affine, rng):
         with torch.no_grad():
             torch_layer.weight.uniform_(-1.5, 1.5)
             torch_layer.bias.uniform_(-1.5, 1.5)
-    ours = nlnn.GroupNorm(groups, 6, affine=affine)
+    ours = nlnn.GroupNorm(groups, 6, affine=affine, dtype=np.float64)
     ours.load_state_dict(torch_layer.state_dict())
     run_train_then_eval(torch_layer, ours, GROUP_SHAPES[rank], rng)
 
@@ -92,7 +92,7 @@ def test_layer_norm_layer(rank, normalized_dims, affine, bias, rng):
     with torch.no_grad():
         for p in torch_layer.parameters():
             p.uniform_(-1.5, 1.5)
-    ours = nlnn.LayerNorm(normalized_shape, elementwise_affine=affine, bias=bias)
+    ours = nlnn.LayerNorm(normalized_shape, elementwise_affine=affine, bias=bias, dtype=np.float64)
     ours.load_state_dict(torch_layer.state_dict())
     run_train_then_eval(torch_layer, ours, shape, rng)
 
@@ -116,8 +116,8 @@ def test_batch_norm_zero_size_batch(rank, momentum, rng):
 
 @pytest.mark.parametrize("shape", [(0, 6), (0, 6, 3)])
 def test_group_and_layer_norm_zero_size_batch(shape, rng):
-    for torch_layer, ours in ((tnn.GroupNorm(3, 6).double(), nlnn.GroupNorm(3, 6)),
-                              (tnn.LayerNorm(shape[1:]).double(), nlnn.LayerNorm(shape[1:]))):
+    for torch_layer, ours in ((tnn.GroupNorm(3, 6).double(), nlnn.GroupNorm(3, 6, dtype=np.float64)),
+                              (tnn.LayerNorm(shape[1:]).double(), nlnn.LayerNorm(shape[1:], dtype=np.float64))):
         ours.load_state_dict(torch_layer.state_dict())
         theirs, mine = step_both(torch_layer, ours, np.zeros(shape), np.zeros(shape))
         assert_results_match(theirs, mine)

@@ -54,9 +54,7 @@ def test_batch_norm_running_stats_follow_torch_ema_with_unbiased_variance(rng):
 @pytest.mark.parametrize("layer_cls", [nlnn.BatchNorm, torch.nn.BatchNorm1d])
 def test_momentum_none_is_the_plain_average_of_batch_statistics(layer_cls, rng):
     """normlab and torch alike: with momentum=None, the k-th batch gets weight 1/k."""
-    layer = layer_cls(3, momentum=None)
-    if layer_cls is torch.nn.BatchNorm1d:
-        layer = layer.double()
+    layer = layer_cls(3, momentum=None, dtype=torch.float64)
     batches = [random_input(rng, (8, 3, 4)) for _ in range(5)]
     for x in batches:
         layer(torch.from_numpy(x) if isinstance(layer, torch.nn.Module) else x)
@@ -70,7 +68,7 @@ def test_momentum_none_is_the_plain_average_of_batch_statistics(layer_cls, rng):
 
 def test_instance_norm_momentum_none_keeps_the_buffers_as_torch_does(rng):
     """torch passes momentum 0.0 to instance_norm when momentum is None: the buffers never move."""
-    ours = nlnn.InstanceNorm(3, momentum=None, track_running_stats=True)
+    ours = nlnn.InstanceNorm(3, momentum=None, track_running_stats=True, dtype=np.float64)
     theirs = torch.nn.InstanceNorm1d(3, momentum=None, track_running_stats=True).double()
     x = random_input(rng, (4, 3, 6))
     ours(x), theirs(torch.from_numpy(x))
@@ -91,7 +89,7 @@ def test_book_worked_example_momentum_0_3_same_batch_twice():
     np.testing.assert_allclose(expected[1][0][:2], [0.51, 1.02])
 
     torch_bn = torch.nn.BatchNorm1d(5, momentum=0.3).double()
-    ours = nlnn.BatchNorm(5, momentum=0.3)
+    ours = nlnn.BatchNorm(5, momentum=0.3, dtype=np.float64)
     bare_mean, bare_var = np.zeros(5), np.ones(5)
     for mean, var in expected:
         torch_bn(torch.from_numpy(batch))

@@ -1,14 +1,11 @@
-"""The fast paths for NumPy arrays against the generic Array-API core they stand behind.
+"""The compiled CPU path for NumPy arrays against the generic Array-API core it stands behind.
 
-There are two: the compiled kernels (`normlab._fast_numba`, training mode, when
-Numba is installed) and the NumPy path (`normlab._fast_numpy`). The ``fast_path``
-fixture runs each test on both, switching the compiled one off for the NumPy
-path. The reference is the generic path run on the same arrays: the tests
-switch the fast paths off by making ``_fast_numpy.accepts`` say no, which is
-exactly the test the core asks before dispatching to either. Every comparison
-first checks that the expected fast path really ran (by its cache's type), so
-no test can pass by comparing the generic path with itself. No timings here:
-those live in bench/.
+The ``fast_path`` fixture lets the compiled kernels (`normlab.paths.numba_cpu`)
+take inputs of every size, so that small shapes cover the edge cases. The
+reference is the generic path run on the same arrays, with the one switch
+(``normlab.paths.enabled``) off. Every comparison first checks that the
+compiled path really ran (by its cache's type), so no test can pass by
+comparing the generic path with itself. No timings here: those live in bench/.
 """
 import importlib.util
 import os
@@ -19,25 +16,24 @@ import numpy as np
 import pytest
 
 import normlab as nl
-from normlab import _fast_numba, _fast_numpy
+from normlab import paths
 from normlab.core import NormCache, normalize_backward
+from normlab.paths import numba_cpu
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="Numba is not installed")
 
 
-@pytest.fixture(params=["compiled", "numpy"])
-def fast_path(request, monkeypatch):
-    """Which fast path the test exercises; `_expected_cache` says which cache type proves it ran."""
-    if request.param == "compiled" and not HAS_NUMBA:
-        pytest.skip("Numba is not installed (pip install 'normlab[fast]')")
-    monkeypatch.setattr(_fast_numba, "USE_NUMBA", request.param == "compiled")
-    monkeypatch.setattr(_fast_numba, "MIN_ELEMENTS", 0)  # small shapes cover the edge cases
-    return request.param
+@pytest.fixture
+def fast_path(any_size_compiled):
+    """The compiled path, for inputs of every size; `_expected_cache` is the cache type that proves it ran."""
+    if not HAS_NUMBA:
+        pytest.skip("Numba is not installed")
+    return "compiled"
 
 
 def _expected_cache(fast_path, training=True):
-    """The compiled kernels serve training mode only; eval mode always takes the NumPy path."""
-    return _fast_numba.CompiledCache if fast_path == "compiled" and training else _fast_numpy.FastCache
+    return numba_cpu.CompiledCache
 
 # Largest error allowed, relative to the largest magnitude of the reference (sums like dβ grow with the input).
 TOL = {np.float32: 1e-6, np.float64: 1e-12}
@@ -59,6 +55,9 @@ def _norm_cases():
     def ln(k):
         return lambda x, w, b, buffers, training: nl.layer_norm_forward(x, x.shape[x.ndim - k:], w, b)
 
+    def rms(k):
+        return lambda x, w, b, buffers, training: nl.rms_norm_forward(x, x.shape[x.ndim - k:], w)
+
     cases = []
     # The last shape of BatchNorm (4-D), InstanceNorm, GroupNorm and LayerNorm is big enough for the fast
     # path to work in several blocks of samples, the last one shorter than the others.
@@ -71,6 +70,8 @@ def _norm_cases():
         cases.append((f"group_norm({groups})", shape, gn(groups), nl.group_norm_backward, (6,), False))
     for shape, k in [((4, 7), 1), ((2, 3, 5, 6), 2), ((2, 3, 5, 6), 3), ((3, 5), 2), ((300, 1000), 1)]:
         cases.append((f"layer_norm(last {k})", shape, ln(k), nl.layer_norm_backward, shape[len(shape) - k:], False))
+    for shape, k in [((4, 7), 1), ((2, 3, 5, 6), 2), ((300, 1000), 1)]:
+        cases.append((f"rms_norm(last {k})", shape, rms(k), nl.rms_norm_backward, shape[len(shape) - k:], False))
     return cases
 
 
@@ -111,7 +112,7 @@ def _run(case, x, w, b, buffers, training, dy):
 
 
 def _generic(monkeypatch):
-    monkeypatch.setattr(_fast_numpy, "accepts", lambda *arrays: False)
+    monkeypatch.setattr(paths, "enabled", False)
 
 
 # Eval (constant running statistics) exists only for the norms with running buffers.
@@ -128,7 +129,7 @@ def test_fast_path_matches_generic_path(case, training, affine, dtype, fast_path
     x = (rng.standard_normal(shape) * rng.uniform(0.5, 3.0) + rng.uniform(-2, 2)).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)  # random, never all-ones: that makes BatchNorm's dx zero
     w = rng.uniform(0.5, 1.5, pshape).astype(dtype) if affine else None
-    b = rng.uniform(-1, 1, pshape).astype(dtype) if affine else None
+    b = rng.uniform(-1, 1, pshape).astype(dtype) if affine and not name.startswith("rms") else None
     buffers = (rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)) if has_buffers else (None, None)
     fast_buffers = tuple(None if a is None else a.copy() for a in buffers)
 
@@ -158,10 +159,10 @@ def test_fast_path_matches_generic_path(case, training, affine, dtype, fast_path
             _close(got, ref, dtype, scale=dx_scale if i == 0 else sum_scale)
 
 
-SEVERAL_BLOCKS = [c for c in CASES if np.prod(c[1]) > _fast_numpy._BLOCK]  # worked on in several blocks
+LARGE = [c for c in CASES if np.prod(c[1]) > 1 << 16]  # many values per statistic, several threads' work
 
 
-@pytest.mark.parametrize("case", CASES[:1] + SEVERAL_BLOCKS, ids=lambda c: f"{c[0]}-{c[1]}")
+@pytest.mark.parametrize("case", CASES[:1] + LARGE, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_backward_leaves_the_cache_unchanged(case, rng, fast_path):
     """Calling backward twice (e.g. torch's retain_graph) gives the same gradients both times.
 
@@ -171,6 +172,7 @@ def test_backward_leaves_the_cache_unchanged(case, rng, fast_path):
     x = rng.standard_normal(shape).astype(np.float32)
     x_before = x.copy()
     w, b = rng.uniform(0.5, 1.5, pshape).astype(np.float32), rng.standard_normal(pshape).astype(np.float32)
+    b = None if name.startswith("rms") else b
     buffers = (np.zeros(3, np.float32), np.ones(3, np.float32)) if has_buffers else (None, None)
     y, cache, first = _run(case, x, w, b, buffers, True, rng.standard_normal(shape).astype(np.float32))
     assert isinstance(cache, _expected_cache(fast_path))
@@ -231,43 +233,13 @@ def _other_inputs():
 
 
 @pytest.mark.parametrize("kind,convert", list(_other_inputs()), ids=[k for k, _ in _other_inputs()])
-def test_non_numpy_inputs_never_take_the_fast_path(kind, convert, rng):
+def test_non_numpy_inputs_never_take_the_fast_path(kind, convert, rng, any_size_compiled):
     x = rng.standard_normal((4, 3, 5)).astype(np.float32)
     for forward in (lambda a: nl.batch_norm_forward(a), lambda a: nl.group_norm_forward(a, 3),
-                    lambda a: nl.instance_norm_forward(a), lambda a: nl.layer_norm_forward(a, 5)):
+                    lambda a: nl.instance_norm_forward(a), lambda a: nl.layer_norm_forward(a, 5),
+                    lambda a: nl.rms_norm_forward(a, 5)):
         _, cache = forward(convert(x))
         assert isinstance(cache, NormCache), f"{kind} input reached a fast path"
-
-
-def test_accepts_only_plain_numpy_floats(rng):
-    x = rng.standard_normal((4, 3)).astype(np.float32)
-    assert _fast_numpy.accepts(x, None, x[0])
-    assert not _fast_numpy.accepts(x.astype(np.int32))
-    assert not _fast_numpy.accepts(x.view(_Subclass))
-    assert not _fast_numpy.accepts(x, x.view(_Subclass))
-    assert not _fast_numpy.accepts(np.zeros((0, 3), np.float32))
-
-
-@pytest.mark.parametrize("offset,uses_x", [(0.0, True), (5.0, False)], ids=["centred data", "offset data"])
-@pytest.mark.parametrize("case", SEVERAL_BLOCKS, ids=lambda c: f"{c[0]}-{c[1]}")  # many values per statistic
-def test_both_variance_routes_match_the_generic_path(case, offset, uses_x, monkeypatch):
-    """NumPy path: centred data takes E[x²] - mean² in one pass and uses x in place of d; other data, two passes."""
-    monkeypatch.setattr(_fast_numba, "USE_NUMBA", False)
-    name, shape, _, _, pshape, has_buffers = case
-    rng = np.random.default_rng(zlib.crc32(repr((name, shape, offset)).encode()))
-    x = (2.0 * rng.standard_normal(shape) + offset).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    w, b = rng.uniform(0.5, 1.5, pshape).astype(np.float32), rng.uniform(-1, 1, pshape).astype(np.float32)
-    buffers = (np.zeros(3, np.float32), np.ones(3, np.float32)) if has_buffers else (None, None)
-    y, cache, grads = _run(case, x, w, b, buffers, True, dy)
-    assert isinstance(cache, _fast_numpy.FastCache) and cache.uses_x == uses_x
-    _generic(monkeypatch)
-    y_ref, cache_ref, grads_ref = _run(case, x, w, b, (None, None), True, dy)
-    _close(y, y_ref, np.float32)
-    _close(grads[0], grads_ref[0], np.float32, scale=_dx_scale(dy, cache_ref))
-    sum_scale = _sum_scale(dy, cache_ref, int(np.prod(pshape)))
-    for got, ref in zip(grads[1:], grads_ref[1:]):
-        _close(got, ref, np.float32, scale=sum_scale)
 
 
 @pytest.mark.parametrize("layout", ["fortran", "strided", "float64 weights"])
@@ -284,7 +256,8 @@ def test_unusual_memory_layouts_match_the_generic_path(layout, rng, fast_path, m
         w, b = w.astype(np.float64), b.astype(np.float64)
     for forward, backward in ((lambda a: nl.batch_norm_forward(a, w, b), nl.batch_norm_backward),
                               (lambda a: nl.group_norm_forward(a, 3, w, b), nl.group_norm_backward),
-                              (lambda a: nl.layer_norm_forward(a, a.shape[-1]), nl.layer_norm_backward)):
+                              (lambda a: nl.layer_norm_forward(a, a.shape[-1]), nl.layer_norm_backward),
+                              (lambda a: nl.rms_norm_forward(a, a.shape[-1]), nl.rms_norm_backward)):
         y, cache = forward(x)
         grads = backward(dy, cache)
         assert isinstance(cache, _expected_cache(fast_path))
@@ -301,55 +274,47 @@ def test_unusual_memory_layouts_match_the_generic_path(layout, rng, fast_path, m
 
 # ---- the compiled kernels' thread pool ------------------------------------------------------------------
 
-needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="Numba is not installed (pip install 'normlab[fast]')")
-
 
 def _layer_norm_round_trip(x, dy):
     y, cache = nl.layer_norm_forward(x, x.shape[-1])
     return (y, *nl.layer_norm_backward(dy, cache)[:1]), cache
 
 
-@pytest.fixture
-def compiled_for_all_sizes(monkeypatch):
-    monkeypatch.setattr(_fast_numba, "MIN_ELEMENTS", 0)
-
-
-def test_small_inputs_take_the_numpy_path_and_large_ones_the_compiled_one(rng):
+def test_small_inputs_take_the_generic_core_and_large_ones_the_compiled_path(rng):
     small = rng.standard_normal((4, 3, 5)).astype(np.float32)
-    assert isinstance(nl.batch_norm_forward(small)[1], _fast_numpy.FastCache)
-    large = rng.standard_normal((8, 8, _fast_numba.MIN_ELEMENTS // 64)).astype(np.float32)
-    expected = _fast_numba.CompiledCache if HAS_NUMBA else _fast_numpy.FastCache
+    assert isinstance(nl.batch_norm_forward(small)[1], NormCache)
+    large = rng.standard_normal((8, 8, numba_cpu.MIN_ELEMENTS // 64)).astype(np.float32)
+    expected = numba_cpu.CompiledCache if HAS_NUMBA else NormCache
     assert isinstance(nl.batch_norm_forward(large)[1], expected)
 
 
-def test_where_the_kernels_cannot_load_the_numpy_path_serves(rng, monkeypatch):
-    """E.g. a read-only install with no writable cache for Numba: normlab still works, on the NumPy path."""
+def test_where_the_kernels_cannot_load_the_generic_core_serves(rng, monkeypatch):
+    """E.g. a read-only install with no writable cache for Numba: normlab still works, on the generic core."""
     import sys
 
-    _fast_numba._kernels.cache_clear()
+    numba_cpu._kernels.cache_clear()
     import normlab.kernels
 
     monkeypatch.setitem(sys.modules, "normlab.kernels.numba_norms", None)  # importing it now raises ImportError
     monkeypatch.delattr(normlab.kernels, "numba_norms", raising=False)
-    monkeypatch.setattr(_fast_numba, "USE_NUMBA", True)
-    monkeypatch.setattr(_fast_numba, "UNAVAILABLE", None)
+    monkeypatch.setattr(numba_cpu, "UNAVAILABLE", None)
     try:
-        x = rng.standard_normal((8, 8, _fast_numba.MIN_ELEMENTS // 64)).astype(np.float32)
+        x = rng.standard_normal((8, 8, numba_cpu.MIN_ELEMENTS // 64)).astype(np.float32)
         y, cache = nl.batch_norm_forward(x)
-        assert isinstance(cache, _fast_numpy.FastCache)
-        assert not _fast_numba.USE_NUMBA and "numba_norms" in _fast_numba.UNAVAILABLE
+        assert isinstance(cache, NormCache)
+        assert not numba_cpu.PATH.usable() and "numba_norms" in numba_cpu.UNAVAILABLE
         assert np.allclose(y.mean(axis=(0, 2)), 0, atol=1e-5)
     finally:
-        _fast_numba._kernels.cache_clear()  # the next test imports the real kernels again
+        numba_cpu._kernels.cache_clear()  # the next test imports the real kernels again
 
 
 @needs_numba
-@pytest.mark.usefixtures("compiled_for_all_sizes")
+@pytest.mark.usefixtures("any_size_compiled")
 def test_concurrent_calls_from_python_threads_agree_with_one_call(rng):
     """Numba's default thread pool must not be entered twice at once; the kernels serialize their launches."""
     x, dy = rng.standard_normal((2, 64, 300)).astype(np.float32)
     expected, cache = _layer_norm_round_trip(x, dy)
-    assert isinstance(cache, _fast_numba.CompiledCache)
+    assert isinstance(cache, numba_cpu.CompiledCache)
     mismatches, errors = [], []
 
     def work():
@@ -369,13 +334,13 @@ def test_concurrent_calls_from_python_threads_agree_with_one_call(rng):
 
 
 @needs_numba
-@pytest.mark.usefixtures("compiled_for_all_sizes")
+@pytest.mark.usefixtures("any_size_compiled")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_process_forked_after_the_kernels_ran_still_computes_correctly(rng):
-    """GNU OpenMP cannot run in a forked child; such a child falls back to the NumPy path instead of dying."""
+    """GNU OpenMP cannot run in a forked child; such a child falls back to the generic core instead of dying."""
     x, dy = rng.standard_normal((2, 64, 300)).astype(np.float32)
     expected, cache = _layer_norm_round_trip(x, dy)  # the parent has launched the kernels
-    assert isinstance(cache, _fast_numba.CompiledCache)
+    assert isinstance(cache, numba_cpu.CompiledCache)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report through the exit code, never return into pytest
@@ -393,18 +358,18 @@ def test_a_process_forked_after_the_kernels_ran_still_computes_correctly(rng):
     child_cache_type = os.read(read_end, 100).decode()
     os.close(read_end)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with status {status}"
-    safe = _fast_numba._kernels().fork_safe()
-    assert child_cache_type == ("CompiledCache" if safe else "FastCache")
+    safe = numba_cpu._kernels().fork_safe()
+    assert child_cache_type == ("CompiledCache" if safe else "NormCache")
 
 
 @needs_numba
-@pytest.mark.usefixtures("compiled_for_all_sizes")
+@pytest.mark.usefixtures("any_size_compiled")
 def test_nan_in_the_input_shows_in_the_output(rng):
     """The kernels allow reassociation but keep IEEE NaN semantics: bad data is never silently normalized."""
     x = rng.standard_normal((4, 3, 10)).astype(np.float32)
     x[1, 2, 3] = np.nan
     y, cache = nl.group_norm_forward(x, 3)
-    assert isinstance(cache, _fast_numba.CompiledCache)
+    assert isinstance(cache, numba_cpu.CompiledCache)
     assert np.isnan(y[1, 2]).all() and not np.isnan(y[0]).any()
     y, cache = nl.batch_norm_forward(x)
     assert np.isnan(y[:, 2]).all() and not np.isnan(y[:, :2]).any()
@@ -421,8 +386,9 @@ def test_the_kernels_compile_without_a_warning(tmp_path):
 import warnings
 import numpy as np
 import normlab as nl
-from normlab import _fast_numba
-_fast_numba.MIN_ELEMENTS = 0
+from dataclasses import replace
+from normlab.paths import numba_cpu
+numba_cpu.NumbaPath.coverage = replace(numba_cpu.NumbaPath.coverage, min_elements=1)
 warnings.simplefilter("error")
 x = np.random.default_rng(0).standard_normal((6, 4, 5)).astype(np.float32)
 for forward, backward, a in [
@@ -430,9 +396,14 @@ for forward, backward, a in [
     (lambda a: nl.batch_norm_forward(a), nl.batch_norm_backward, x[:, :, 0].copy()),
     (lambda a: nl.group_norm_forward(a, 2), nl.group_norm_backward, x),
     (lambda a: nl.layer_norm_forward(a, 5), nl.layer_norm_backward, x),
+    (lambda a: nl.rms_norm_forward(a, 5), nl.rms_norm_backward, x),
+    (lambda a: nl.batch_norm_forward(a, running_mean=np.zeros(4, np.float32), running_var=np.ones(4, np.float32),
+                                     training=False), nl.batch_norm_backward, x),
+    (lambda a: nl.batch_norm_forward(a, running_mean=np.zeros(4, np.float32), running_var=np.ones(4, np.float32),
+                                     training=False), nl.batch_norm_backward, x[:, :, 0].copy()),
 ]:
     y, cache = forward(a)
-    assert isinstance(cache, _fast_numba.CompiledCache)
+    assert isinstance(cache, numba_cpu.CompiledCache)
     backward(y, cache)
 """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))

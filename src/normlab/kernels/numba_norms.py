@@ -2,8 +2,8 @@ r"""Compiled CPU kernels (Numba) for training-mode normalization of NumPy arrays
 
 A normalization layer does about ten flops per element, so its speed is the
 number of times it moves the data. NumPy runs one operation per pass over the
-array, and the best NumPy path (`normlab._fast_numpy`) still takes six to ten
-passes for a forward and backward. Here each statistic's values are reduced
+array, so even a careful NumPy version takes six to ten passes for a forward
+and backward. Here each statistic's values are reduced
 and then normalized while they are still in the core's cache, so x (and dy)
 come from memory once per pass:
 
@@ -14,12 +14,12 @@ backward, per statistic
     Σ γ·dy and Σ γ·dy·x̂, then ``dx = rstd·(γ·dy - mean(γ·dy) - x̂·mean(γ·dy·x̂))``;
     the per-channel sums Σ dy (= dβ) and Σ dy·x̂ (= dγ) are gathered on the way.
 
-Two families of kernels cover the four norms, in `normlab._fast_numpy`'s
-``(N, C, S)`` picture:
+Two families of kernels cover every norm, in the ``(N, C, S)`` picture of
+`normlab.axes.Plan`:
 
 - *rows*: one statistic per (sample, group), whose values are one contiguous
-  row of length (C/G)·S: GroupNorm, InstanceNorm (G = C) and LayerNorm
-  (G = 1, S = 1);
+  row of length (C/G)·S: GroupNorm, InstanceNorm (G = C), LayerNorm and
+  RMSNorm (G = 1, S = 1; RMSNorm's ``centre=False`` drops the mean);
 - *channels*: one statistic per channel, over (N, S): BatchNorm. With S = 1
   (BatchNorm1d) a channel's values lie a row apart, so the *columns* kernels
   give each task a block of whole rows instead.
@@ -28,10 +28,10 @@ The kernels run on Numba's thread pool, in the threading layer Numba picks
 (TBB, OpenMP or its own ``workqueue``; ``NUMBA_THREADING_LAYER`` chooses).
 ``workqueue`` must not be entered by two Python threads at once, so a lock
 serializes the calls; GNU OpenMP cannot run in a process forked after it
-started, which `fork_safe` tells `normlab._fast_numba`.
+started, which `fork_safe` tells `normlab.paths.numba_cpu`.
 γ and β are always arrays here (ones and zeros when the layer has none).
 Importing this module imports Numba, which takes a third of a second; only
-`normlab._fast_numba` imports it, on first use.
+`normlab.paths.numba_cpu` imports it, on first use.
 """
 import threading
 
@@ -49,24 +49,25 @@ def fork_safe():
         return True
 
 
-def rows_forward(x, weight, bias, channels_per_group, s, groups, eps):
+def rows_forward(x, weight, bias, channels_per_group, s, groups, eps, centre=True):
     """Normalize each row of ``x`` (R, L); returns ``y`` and the float64 mean and biased variance per row.
 
     Row r belongs to group ``r % groups``, whose channels each own ``s`` consecutive values.
+    Without ``centre`` (RMSNorm) the mean is 0 and the variance is the mean square.
     """
     y = np.empty_like(x)
     mean, var = np.empty(x.shape[0]), np.empty(x.shape[0])
     with _LOCK:
-        _rows_forward(x, weight, bias, channels_per_group, s, groups, eps, y, mean, var)
+        _rows_forward(x, weight, bias, channels_per_group, s, groups, eps, centre, y, mean, var)
     return y, mean, var
 
 
-def rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, channels):
+def rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, channels, centre=True):
     """``dx`` and the per-channel Σ dy·x̂ and Σ dy (float64) for `rows_forward`."""
     dx = np.empty_like(x)
     parts = np.zeros((2, numba.get_num_threads(), channels))  # per task: Σ dy·x̂, Σ dy
     with _LOCK:
-        _rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, dx, parts[0], parts[1])
+        _rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, centre, dx, parts[0], parts[1])
     return dx, parts[0].sum(axis=0), parts[1].sum(axis=0)
 
 
@@ -82,17 +83,29 @@ def channels_forward(x, weight, bias, eps):
     return y, mean, var
 
 
-def channels_backward(x, dy, mean, rstd, weight):
-    """``dx``, and Σ dy·x̂ and Σ dy per channel (float64), for `channels_forward`."""
+def channels_backward(x, dy, mean, rstd, weight, batch_stats=True):
+    """``dx``, and Σ dy·x̂ and Σ dy per channel (float64), for `channels_forward` or, without
+    ``batch_stats``, for `channels_apply` (constant statistics: ``dx = γ·rstd·dy``)."""
     dx = np.empty_like(x)
     sum_dy_xhat, sum_dy = np.empty(x.shape[1]), np.empty(x.shape[1])
     with _LOCK:
         if x.shape[2] == 1:
-            _columns_backward(x[:, :, 0], dy[:, :, 0], mean, rstd, weight, dx[:, :, 0], sum_dy_xhat, sum_dy,
-                              numba.get_num_threads())
+            _columns_backward(x[:, :, 0], dy[:, :, 0], mean, rstd, weight, batch_stats, dx[:, :, 0], sum_dy_xhat,
+                              sum_dy, numba.get_num_threads())
         else:
-            _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy)
+            _channels_backward(x, dy, mean, rstd, weight, batch_stats, dx, sum_dy_xhat, sum_dy)
     return dx, sum_dy_xhat, sum_dy
+
+
+def channels_apply(x, mean, rstd, weight, bias):
+    """``y = (x - mean)·rstd·γ + β`` per channel of ``x`` (N, C, S), with given float64 statistics (eval)."""
+    y = np.empty_like(x)
+    with _LOCK:
+        if x.shape[2] == 1:
+            _columns_apply(x[:, :, 0], mean, rstd, weight, bias, y[:, :, 0], numba.get_num_threads())
+        else:
+            _channels_apply(x, mean, rstd, weight, bias, y)
+    return y
 
 
 # Reassociation lets the compiler split a sum over several vector accumulators; NaN and
@@ -169,14 +182,14 @@ def _two_parts(value, t):
 
 
 @_jit
-def _rows_forward(x, weight, bias, cpg, s, groups, eps, y, mean, var):
+def _rows_forward(x, weight, bias, cpg, s, groups, eps, centred, y, mean, var):
     rows, length = x.shape
     t = x.dtype.type
     for r in numba.prange(rows):
         xr, yr = x[r], y[r]
-        shift = t(_sum(xr) / length)
+        shift = t(_sum(xr) / length) if centred else t(0)
         total_d, squares = _centred_sums(xr, shift)  # the mean of x - shift corrects the shift's rounding
-        centre = total_d / length
+        centre = total_d / length if centred else 0.0
         mean[r], var[r] = shift + centre, max(squares / length - centre * centre, 0.0)
         mu, mu_lo = _two_parts(mean[r], t)
         rs = t(1.0 / np.sqrt(var[r] + eps))
@@ -194,7 +207,7 @@ def _rows_forward(x, weight, bias, cpg, s, groups, eps, y, mean, var):
 
 
 @_jit
-def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, part_dy):
+def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, centred, dx, part_dy_xhat, part_dy):
     rows, length = x.shape
     t = x.dtype.type
     tasks = part_dy.shape[0]
@@ -222,7 +235,7 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, dx, part_dy_xhat, 
                     acc_dy_xhat[k] += channel_dy_d * rs
                     sum_g += w[k] * channel_dy
                     sum_g_xhat += w[k] * (channel_dy_d * rs)
-            mean_g, mean_g_xhat = t(sum_g / length), t(sum_g_xhat / length)
+            mean_g, mean_g_xhat = t(sum_g / length) if centred else t(0), t(sum_g_xhat / length)
             if s == 1:
                 for k in range(cpg):
                     xhat = (xr[k] - mu - mu_lo) * rs
@@ -262,9 +275,10 @@ def _channels_forward(x, weight, bias, eps, y, mean, var):
 
 
 @_jit
-def _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy):
+def _channels_backward(x, dy, mean, rstd, weight, batch_stats, dx, sum_dy_xhat, sum_dy):
     n, channels, s = x.shape
     m = n * s
+    inv_m = 1.0 / m if batch_stats else 0.0  # constant statistics: the two averaged terms vanish
     t = x.dtype.type
     for c in numba.prange(channels):
         mu, mu_lo = _two_parts(mean[c], t)
@@ -277,7 +291,7 @@ def _channels_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy):
         rs = rstd[c]
         sum_dy[c], sum_dy_xhat[c] = total_dy, total_dy_d * rs
         # dx = γ·rstd·(dy - Σdy/m - (x - mean)·rstd²·Σ dy·(x - mean)/m)
-        scale, mean_dy, slope = t(weight[c] * rs), t(total_dy / m), t(total_dy_d * rs * rs / m)
+        scale, mean_dy, slope = t(weight[c] * rs), t(total_dy * inv_m), t(total_dy_d * rs * rs * inv_m)
         for i in range(n):
             xc, dyc, dxc = x[i, c], dy[i, c], dx[i, c]
             for j in range(s):
@@ -388,8 +402,9 @@ def _columns_forward(x, weight, bias, eps, y, mean, var, tasks):
 
 
 @_jit
-def _columns_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy, tasks):
+def _columns_backward(x, dy, mean, rstd, weight, batch_stats, dx, sum_dy_xhat, sum_dy, tasks):
     n, channels = x.shape
+    inv_n = 1.0 / n if batch_stats else 0.0
     t = x.dtype.type
     per_task = (n + tasks - 1) // tasks
     mu, mu_lo = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
@@ -406,10 +421,40 @@ def _columns_backward(x, dy, mean, rstd, weight, dx, sum_dy_xhat, sum_dy, tasks)
         sum_dy[c] = total_dy[c]
         sum_dy_xhat[c] = total_dy_d[c] * rstd[c]
         scale[c] = t(weight[c] * rstd[c])
-        mean_dy[c] = t(total_dy[c] / n)
-        slope[c] = t(total_dy_d[c] * rstd[c] * rstd[c] / n)
+        mean_dy[c] = t(total_dy[c] * inv_n)
+        slope[c] = t(total_dy_d[c] * rstd[c] * rstd[c] * inv_n)
     for task in numba.prange(tasks):
         for i in range(task * per_task, min(n, (task + 1) * per_task)):
             x_row, dy_row, dx_row = x[i], dy[i], dx[i]
             for c in range(channels):
                 dx_row[c] = scale[c] * (dy_row[c] - mean_dy[c] - (x_row[c] - mu[c] - mu_lo[c]) * slope[c])
+
+
+@_jit
+def _channels_apply(x, mean, rstd, weight, bias, y):
+    n, channels, s = x.shape
+    t = x.dtype.type
+    for task in numba.prange(n * channels):
+        i, c = task // channels, task % channels
+        mu, mu_lo = _two_parts(mean[c], t)
+        scale, offset = t(weight[c] * rstd[c]), bias[c]
+        xc, yc = x[i, c], y[i, c]
+        for j in range(s):
+            yc[j] = (xc[j] - mu - mu_lo) * scale + offset
+
+
+@_jit
+def _columns_apply(x, mean, rstd, weight, bias, y, tasks):
+    n, channels = x.shape
+    t = x.dtype.type
+    per_task = (n + tasks - 1) // tasks
+    mu, mu_lo, scale = np.empty(channels, x.dtype), np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    for c in range(channels):
+        mu[c] = t(mean[c])
+        mu_lo[c] = t(mean[c] - mu[c])
+        scale[c] = t(weight[c] * rstd[c])
+    for task in numba.prange(tasks):
+        for i in range(task * per_task, min(n, (task + 1) * per_task)):
+            x_row, y_row = x[i], y[i]
+            for c in range(channels):
+                y_row[c] = (x_row[c] - mu[c] - mu_lo[c]) * scale[c] + bias[c]
