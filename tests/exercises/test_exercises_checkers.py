@@ -251,6 +251,38 @@ MUTANTS = [
 ]
 
 
+def _lrn_window(before, after, alpha_over_size=True):
+    """LRN over channels [c - before(size), c + after(size)], written here with a loop over channels."""
+    def mutant(x, size, alpha=1e-4, beta=0.75, k=1.0):
+        lo, hi = before(size), after(size)
+        energy = np.stack([(x[:, max(c - lo, 0):c + hi + 1] ** 2).sum(axis=1) for c in range(x.shape[1])], axis=1)
+        return x / (k + (alpha / size if alpha_over_size else alpha) * energy) ** beta
+    return mutant
+
+
+def _sgd_decay_everything(params, grads, velocity, lr, momentum, weight_decay, decoupled):
+    new_v = {n: momentum * velocity[n] + grads[n] + (0 if decoupled else weight_decay * w) for n, w in params.items()}
+    return {n: w - lr * new_v[n] - (lr * weight_decay * w if decoupled else 0) for n, w in params.items()}, new_v
+
+
+def _sgd_always_l2(params, grads, velocity, lr, momentum, weight_decay, decoupled):
+    return sol("sgd_step")(params, grads, velocity, lr, momentum, weight_decay, False)
+
+
+MUTANTS += [
+    ("dropout_forward", lambda x, p, u, training=True: x * (u >= p) if training else x * (1 - p), "scaling at eval"),
+    ("dropout_forward", lambda x, p, u, training=True: x * (u < p) / p if training else x, "keep versus drop"),
+    ("dropout_backward", lambda dy, p, u: dy * (u >= p), "training-time scaling"),
+    ("dropout_backward", lambda dy, p, u: dy * (u < p) / p, "keep versus drop"),
+    ("local_response_norm_forward", _lrn_window(lambda s: s // 2, lambda s: s // 2), "off by one"),
+    ("local_response_norm_forward", _lrn_window(lambda s: (s - 1) // 2, lambda s: s // 2), "off by one"),
+    ("local_response_norm_forward", _lrn_window(lambda s: s, lambda s: s), "radius"),
+    ("local_response_norm_forward", _lrn_window(lambda s: s // 2, lambda s: (s - 1) // 2, False), "divided by size"),
+    ("sgd_step", _sgd_decay_everything, "decaying the bias and BatchNorm parameters"),
+    ("sgd_step", _sgd_always_l2, "decoupled and L2 swapped"),
+]
+
+
 def _expected_values(task):
     """Every value the reference produces for ``task``, to make sure no hint prints one."""
     values = []
@@ -357,7 +389,7 @@ def test_to_plain_converts_torch_and_containers():
 def test_task_interface_for_the_grader():
     """What `normlab grade` relies on: names, functions, points, and judging outputs made elsewhere."""
     assert set(TASKS) == {name for name in TASKS if callable(getattr(check, name))}
-    assert sorted({t.chapter for t in TASKS.values()}) == [1, 2, 3, 4, 5, 6]
+    assert {1, 2, 3, 4, 5, 6, 8} <= {t.chapter for t in TASKS.values()}
     for name, task in TASKS.items():
         assert task.name == name and task.function and task.points > 0
     task = TASKS["update_running_stats"]
@@ -377,3 +409,25 @@ def test_messages_are_deterministic():
     first = [c.message for c in run(TASKS["group_norm_forward"], _group_norm_interleaved)]
     second = [c.message for c in run(TASKS["group_norm_forward"], _group_norm_interleaved)]
     assert first == second and all(re.search(r"at index \(", m) for m in first)
+
+
+def test_sgd_step_reference_is_torchs_sgd_with_decay_on_weights_only():
+    """The L2 cases' reference is torch.optim.SGD(weight_decay) with biases and BN parameters in a no-decay group."""
+    import torch
+
+    from normlab.check.ch8 import _sgd_step
+
+    for case in TASKS["sgd_step"].cases():
+        params, grads, velocity = case["args"]
+        kw = case["kwargs"]
+        expected, _ = _sgd_step(params, grads, velocity, kw["lr"], kw["momentum"], kw["weight_decay"], False)
+        tensors = {n: torch.tensor(w, requires_grad=True) for n, w in params.items()}
+        groups = [{"params": [t for n, t in tensors.items() if t.ndim >= 2], "weight_decay": kw["weight_decay"]},
+                  {"params": [t for n, t in tensors.items() if t.ndim < 2], "weight_decay": 0.0}]
+        opt = torch.optim.SGD(groups, lr=kw["lr"], momentum=kw["momentum"])
+        for n, t in tensors.items():
+            t.grad = torch.tensor(grads[n])
+            opt.state[t]["momentum_buffer"] = torch.tensor(velocity[n])
+        opt.step()
+        for n, t in tensors.items():
+            np.testing.assert_allclose(t.detach().numpy(), expected[n], rtol=1e-12, atol=1e-12)
