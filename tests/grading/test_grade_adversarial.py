@@ -10,8 +10,12 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
+import types
 from pathlib import Path
 
 import jupytext
@@ -89,8 +93,69 @@ def batch_norm_conv(x, gamma, beta, eps=1e-5):
     return x
 """
 
+CHECK_FILE = Path(normlab.check.__file__).with_name("_task.py")
+# Each of these alone would make a checker running in the kernel pass WRONG_FUNCTIONS
+# (test_each_patch_would_fool_a_checker_in_the_kernel); the grader must not be fooled by all of them together.
+PATCHES = {
+    "printed summary": 'import normlab.check\nnormlab.check.batch_norm_forward = lambda fn: print("7/7 passed")',
+    "task list": "import normlab.check\nnormlab.check.TASKS.clear()",
+    "compare": "import normlab.check._task as task_module\n"
+               'task_module.compare = lambda label, *a, **k: task_module.Check(label, True, "")',
+    "reference": "import normlab\nnormlab.batch_norm_forward = lambda x, *a, **k: (x, None)",
+    "allclose": "import numpy\nnumpy.allclose = lambda *a, **k: True",
+    "file on disk": f"try:\n    with open({str(CHECK_FILE)!r}, 'a') as f:\n        f.write('\\nTASKS = {{}}\\n')\n"
+                    "except OSError as e:\n    print('could not patch the file:', e)",
+}
+FOOLING = ("compare", "reference", "allclose")
+SLEEPER = "import time; time.sleep(1234)"  # the background_process submission's daemon
 
-def build_batch(folder, port, marker):
+# A task that ignores the harness's alarm and the interrupt: only killing its kernel stops it.
+HANG = """    while True:
+        try:
+            while True:
+                pass
+        except BaseException:
+            pass
+    ### BEGIN SOLUTION
+    mean = x.mean(axis=0)"""
+
+
+def probe_code(outside):
+    """A cell that tries to read, list and write what the kernel must not reach; the task functions then
+    raise ``RuntimeError("reached [...]")`` naming what it did reach, so the row's messages tell."""
+    host_passwd = Path("/etc/passwd").read_text().splitlines()[0] if Path("/etc/passwd").exists() else "?"
+    return textwrap.dedent(f"""
+        import os
+        reached = []
+        def attempt(name, action):
+            try:
+                if action():
+                    reached.append(name)
+            except OSError:
+                pass
+        def read(path):
+            with open(path) as f:
+                return f.read()
+        attempt("host /etc/passwd", lambda: {host_passwd!r} in read("/etc/passwd"))
+        attempt("another checkout's solutions", lambda: "SOLUTION" in read({str(outside / "solutions" / "02.md")!r}))
+        attempt("the repository", lambda: read({str(REPO / "pyproject.toml")!r}))
+        attempt("the repository's folder", lambda: set(os.listdir({str(REPO)!r})) - {{".venv", "src"}})
+        attempt("/usr/bin", lambda: os.listdir("/usr/bin"))
+        for d in ("/tmp", "/var/tmp", "/dev/shm"):  # writes must stay private: the test looks for them
+            attempt(d + " is shared", lambda d=d: open(os.path.join(d, {outside.name + "-w"!r}), "w").write("x") and 0)
+        attempt("/tmp unbounded", lambda: open({"/tmp/" + outside.name + "-big"!r}, "wb").write(bytes(65 * 2**20)))
+        def past_fsize():
+            with open("big_file", "wb") as f:
+                f.seek(300 * 2**20)
+                return f.write(b"x")
+        attempt("a file past RLIMIT_FSIZE", past_fsize)
+        def batch_norm_forward(x, gamma, beta, eps=1e-5):
+            raise RuntimeError(f"reached {{reached}}")
+        batch_norm_conv = batch_norm_forward
+    """)
+
+
+def build_batch(folder, port, marker, outside):
     """Write the submissions; returns ``{file name: expectation}`` used by the assertions."""
     folder.mkdir()
     sol = solution
@@ -106,27 +171,23 @@ def build_batch(folder, port, marker):
     stubborn = "import time\nwhile True:\n    try:\n        time.sleep(0.1)\n    except KeyboardInterrupt:\n        pass"
     save(add_cell(sol(), stubborn), folder / "ignores_interrupt.ipynb")
     # A process that outlives its kernel: the grader must kill it with everything else under the private uid.
-    daemon = "import subprocess\nsubprocess.Popen(['sleep', '1234'], start_new_session=True)"
+    # (Python, not `sleep`: the kernel's filesystem holds the Python installation and nothing of /usr/bin.)
+    daemon = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {SLEEPER!r}], start_new_session=True)"
     save(add_cell(sol(), daemon), folder / "background_process.ipynb")
 
     # Cheating by patching the checker and the library in the kernel, and the library on disk.
-    check_file = Path(normlab.check.__file__).with_name("_task.py")
-    patch = f"""
-import numpy, normlab, normlab.check, normlab.check._task as task_module
-normlab.check.batch_norm_forward = lambda fn: print("batch_norm_forward: 7/7 checks passed")
-normlab.check.TASKS.clear()
-task_module.compare = lambda label, *a, **k: task_module.Check(label, True, "")
-normlab.batch_norm_forward = lambda x, *a, **k: (x, None)
-numpy.allclose = lambda *a, **k: True
-try:
-    with open({str(check_file)!r}, "a") as f:
-        f.write("\\nTASKS = {{}}\\n")
-except OSError as e:
-    print("could not patch the file:", e)
-"""
     nb = sol()
     nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and "def batch_norm" in c.source)]
-    save(add_cell(add_cell(nb, WRONG_FUNCTIONS), patch), folder / "monkeypatch.ipynb")
+    save(add_cell(add_cell(nb, WRONG_FUNCTIONS), "\n".join(PATCHES.values())), folder / "monkeypatch.ipynb")
+
+    # What the kernel can reach of the machine (see PROBE), and a task that cannot be stopped.
+    nb = sol()
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and "def batch_norm" in c.source)]
+    save(add_cell(nb, probe_code(outside)), folder / "probe_filesystem.ipynb")
+    nb = replace(sol_with_hang(), "gamma.reshape(1, -1, 1, 1) * x_hat", "scaled(gamma.reshape(1, -1, 1, 1)) * x_hat")
+    # set-up that the fresh kernel must run again: an assignment and a helper that the second task uses
+    save(add_cell(nb, "SCALE = 1.0\n\ndef scaled(a):\n    return a * SCALE\n\nprint('not set-up')"),
+         folder / "hung_task.ipynb")
 
     # Tampering with the output files: a pickle that would create `marker` if the grader ever unpickled it.
     tamper = f"""
@@ -198,33 +259,57 @@ assert not reached, reached
     (folder / "blank_02.ipynb").write_bytes((REPO / "exercises" / "02.ipynb").read_bytes())
 
 
+def leftovers(outside):
+    """The files the probe submission writes in /tmp, /var/tmp and /dev/shm: only its private ones may get them."""
+    return [Path(d, outside.name + "-w") for d in ("/tmp", "/var/tmp", "/dev/shm")]
+
+
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def outside():
+    """Another checkout of the course, world-readable, outside the grader's folders: kernels must not see it."""
+    folder = Path(tempfile.mkdtemp(prefix="normlab-other-checkout-"))
+    try:
+        folder.chmod(0o755)
+        (folder / "solutions").mkdir(mode=0o755)
+        (folder / "solutions" / "02.md").write_text((REPO / "solutions" / "02.md").read_text())
+        (folder / "solutions" / "02.md").chmod(0o644)
+        yield folder
+    finally:
+        for leftover in leftovers(folder) + [Path(f"/tmp/{folder.name}-big")]:  # if a kernel could write there
+            leftover.unlink(missing_ok=True)
+        for p in sorted(folder.rglob("*"), reverse=True):
+            p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
+        folder.rmdir()
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, outside):
     tmp = tmp_path_factory.mktemp("grading")
     listener = Listener()
     marker = tmp / "subs" / "unpickled-by-the-grader"
-    check_file = Path(normlab.check.__file__).with_name("_task.py")
-    digest = hashlib.sha256(check_file.read_bytes()).hexdigest()
+    digest = hashlib.sha256(CHECK_FILE.read_bytes()).hexdigest()
     try:
-        build_batch(tmp / "subs", listener.port, marker)
+        build_batch(tmp / "subs", listener.port, marker, outside)
         out, js = tmp / "grades.csv", tmp / "grades.json"
         code = main(["grade", str(tmp / "subs"), "--out", str(out), "--json", str(js),
                      "--timeout", str(TIMEOUT), "--jobs", "2", "--memory-mb", "2048"])
     finally:
         listener.close()
+    left_behind = [str(p) for p in leftovers(outside) if p.exists()]
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
     entries = {Path(e["path"]).name: e for e in json.loads(js.read_text())["submissions"]}
-    return {"code": code, "rows": rows, "sleepers": leftover_sleepers(), "entries": entries, "accepted": listener.accepted, "marker": marker,
-            "check_file_unchanged": hashlib.sha256(check_file.read_bytes()).hexdigest() == digest,
+    return {"code": code, "rows": rows, "sleepers": leftover_sleepers(), "entries": entries,
+            "accepted": listener.accepted, "marker": marker, "left_behind": left_behind,
+            "check_file_unchanged": hashlib.sha256(CHECK_FILE.read_bytes()).hexdigest() == digest,
             "json_size": js.stat().st_size, "names": sorted(p.name for p in (tmp / "subs").iterdir())}
 
 
 def leftover_sleepers():
-    """Processes running ``sleep 1234`` (the background_process submission's daemon)."""
+    """Processes running SLEEPER (the background_process submission's daemon)."""
     found = []
     for status in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if status.read_bytes().split(b"\0")[:2] == [b"sleep", b"1234"]:
+            if SLEEPER.encode() in status.read_bytes().split(b"\0"):
                 found.append(status.parent.name)
         except OSError:
             pass
@@ -315,6 +400,28 @@ def test_monkeypatching_the_checker_or_library_changes_nothing(graded):
     assert graded["check_file_unchanged"]
 
 
+def test_the_checker_submodule_is_a_module():
+    """`import normlab.check._task` must give the module the patches target, not a checker that shadows it."""
+    import normlab.check._task as task_module
+
+    assert isinstance(task_module, types.ModuleType) and hasattr(task_module, "compare")
+
+
+@pytest.mark.parametrize("patch", FOOLING)
+def test_each_patch_would_fool_a_checker_in_the_kernel(patch):
+    """The control for the monkeypatch case: in the process where the patch ran, the checker passes the wrong
+    functions. So a grader that judged inside the kernel would give the monkeypatch submission full marks."""
+    code = "\n".join([WRONG_FUNCTIONS, PATCHES[patch], textwrap.dedent("""
+        from normlab.check import ch2
+        from normlab.check._task import run
+        checks = [c for task in ch2.TASKS for c in run(task, globals()[task.function])]
+        print(sum(c.passed for c in checks), len(checks))
+    """)])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    passed, total = map(int, out.stdout.split())
+    assert passed == total > 0, (patch, out.stdout)
+
+
 def test_tampered_output_files_are_refused_never_unpickled(graded):
     r, e = row(graded, "tamper_outputs.ipynb")
     assert float(r["score"]) == 0 and r["status"] == "error" and "outputs refused" in r["detail"]
@@ -339,6 +446,43 @@ def test_memory_past_the_cap_fails_in_the_kernel(graded):
     assert r["status"] == "memory" and r["detail"].startswith("code cell") and "MemoryError" in r["detail"]
     assert float(r["score"]) == FULL
     assert any("RLIMIT_AS" in x for x in e["isolation"])
+
+
+@pytest.mark.skipif(os.getuid() != 0 or sys.platform != "linux", reason="the new root needs root on Linux")
+def test_the_kernel_sees_the_filesystem_by_allowlist(graded):
+    """Nothing outside Python, normlab and the work folder is readable, and /tmp, /var/tmp, /dev/shm are
+    private and capped: neither another checkout, nor the host's /etc/passwd, nor the repository."""
+    r, e = row(graded, "probe_filesystem.ipynb")
+    assert float(r["score"]) == 0 and "reached []" in messages(e), messages(e)
+    assert graded["left_behind"] == []
+    assert any(x.startswith("filesystem by allowlist") for x in e["isolation"])
+    assert any(x.startswith("RLIMIT_FSIZE") for x in e["isolation"])
+
+
+def test_a_hung_task_costs_only_itself(graded):
+    """batch_norm_forward catches the alarm and the interrupt; its kernel is killed, a fresh one runs the
+    set-up again (imports, the helper and the constant that batch_norm_conv needs), and the next task passes."""
+    r, e = row(graded, "hung_task.ipynb")
+    assert r["status"] == "timeout" and "did not stop" in r["detail"] and "fresh kernel" in r["detail"], r["detail"]
+    assert float(r["batch_norm_forward"]) == 0
+    assert float(r["batch_norm_conv"]) == POINTS["batch_norm_conv"], messages(e, "batch_norm_conv")
+
+
+def test_hung_tasks_stay_within_the_submission_time_limit(tmp_path):
+    """Both tasks hang; the first one's hang reaches the submission's limit, so no fresh kernel is started and
+    the second task is not run, for that reason."""
+    nb = replace(sol_with_hang(), "    ### BEGIN SOLUTION\n    axes = (0, 2, 3)", HANG.replace("mean = x.mean(axis=0)",
+                                                                                             "axes = (0, 2, 3)"))
+    (tmp_path / "subs").mkdir()
+    save(nb, tmp_path / "subs" / "hangs_twice.ipynb")
+    (g,) = Grader(timeout=2, submission_timeout=6).grade([tmp_path / "subs"])
+    assert g.status == "timeout" and "did not stop" in g.detail and "no fresh kernel" in g.detail, g.detail
+    conv = next(t for t in g.tasks if t.name == "batch_norm_conv")
+    assert conv.score == 0 and "not run: the submission's time limit was reached" in " ".join(conv.messages)
+
+
+def sol_with_hang():
+    return replace(solution(), "    ### BEGIN SOLUTION\n    mean = x.mean(axis=0)", HANG)
 
 
 def test_network_is_unreachable(graded):

@@ -1,9 +1,12 @@
 """The grader's parts that need no kernel: plain-data transport, reading submissions, the harness, the CLI."""
 import io
 import json
+import os
 import pickle
 import zipfile
+from pathlib import Path
 
+import jupytext
 import nbformat
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ import pytest
 from normlab.check import TASKS
 from normlab.cli import main
 from normlab.grading import Grader, harness, plain, submission
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def roundtrip(obj, tmp_path):
@@ -175,3 +180,68 @@ def test_invalid_files_are_graded_without_a_kernel(tmp_path):
     assert [(e["status"], e["chapter"]) for e in entries] == [("invalid", 2), ("invalid", None)]
     assert entries[0]["max_score"] == sum(t.points for t in TASKS.values() if t.chapter == 2)
     assert out.read_text().count("\n") == 3
+
+
+def secret_token():
+    return "TOKEN-" + os.urandom(8).hex()
+
+
+def report_text(tmp_path, capsys):
+    return (tmp_path / "g.csv").read_text() + (tmp_path / "g.json").read_text() + "".join(capsys.readouterr())
+
+
+def test_symbolic_links_and_what_lies_behind_them_get_invalid_rows(tmp_path, capsys):
+    """A link is never followed: not to a reference solution (graded today as full marks), not to /etc/passwd,
+    not into a linked folder. Each link, and a FIFO, gets its own invalid row; nothing is skipped silently."""
+    token = secret_token()
+    elsewhere, subs = tmp_path / "elsewhere", tmp_path / "subs"
+    elsewhere.mkdir()
+    subs.mkdir()
+    solution = jupytext.read(REPO / "solutions" / "02.md")
+    jupytext.write(solution, elsewhere / "02.ipynb", fmt="ipynb")
+    (elsewhere / "notes.txt").write_text(token)
+    (subs / "linked_solution.ipynb").symlink_to(elsewhere / "02.ipynb")
+    (subs / "passwd_02.ipynb").symlink_to("/etc/passwd")
+    (subs / "linked_folder").symlink_to(elsewhere, target_is_directory=True)
+    (subs / "notes_link").symlink_to(elsewhere / "notes.txt")
+    os.mkfifo(subs / "fifo_02.ipynb")
+    assert main(["grade", str(subs), "--out", str(tmp_path / "g.csv"), "--json", str(tmp_path / "g.json")]) == 0
+    entries = {Path(e["path"]).name: e for e in json.loads((tmp_path / "g.json").read_text())["submissions"]}
+    assert sorted(entries) == ["fifo_02.ipynb", "linked_folder", "linked_solution.ipynb", "notes_link",
+                               "passwd_02.ipynb"]
+    for name, e in entries.items():
+        assert e["status"] == "invalid" and e["score"] == 0, (name, e["detail"])
+        why = "not a regular file (a FIFO)" if name.startswith("fifo") else "is a symbolic link"
+        assert why in e["detail"] and "nothing" in e["detail"], (name, e["detail"])
+    text = report_text(tmp_path, capsys)
+    assert token not in text and Path("/etc/passwd").read_text().splitlines()[0] not in text
+
+    # a file given by a path that goes through a linked folder is refused too
+    link = subs / "linked_folder" / "02.ipynb"
+    assert main(["grade", str(link), "--out", str(tmp_path / "g.csv"), "--json", str(tmp_path / "g.json")]) == 0
+    (entry,) = json.loads((tmp_path / "g.json").read_text())["submissions"]
+    assert entry["status"] == "invalid" and f"reached through the symbolic link {subs / 'linked_folder'}" in \
+        entry["detail"]
+
+
+def test_an_invalid_file_is_described_never_quoted(tmp_path, capsys):
+    """Whatever makes a file invalid, its row gives the size and the kind of problem, never its bytes."""
+    token = secret_token()
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "bad_json_02.ipynb").write_text(token + " {")
+    (subs / "not_a_notebook_02.ipynb").write_text(json.dumps({"hello": token}))
+    (subs / "latin1_02.ipynb").write_bytes(token.encode() + b"\xff\xfe")
+    (subs / "bad_cells_02.ipynb").write_text(json.dumps(
+        {"cells": [{"cell_type": "code", "source": 5, "metadata": {token: token}}], "metadata": {},
+         "nbformat": 4, "nbformat_minor": 5}))
+    foreign = notebook(["x = 1"], kernelspec={"name": token, "language": token, "display_name": token})
+    nbformat.write(foreign, subs / "foreign_02.ipynb")
+    (subs / "bad_myst_02.md").write_text(f"---\njupytext: [{token}\nkernelspec: {{\n---\n")
+    assert main(["grade", str(subs), "--out", str(tmp_path / "g.csv"), "--json", str(tmp_path / "g.json")]) == 0
+    entries = json.loads((tmp_path / "g.json").read_text())["submissions"]
+    assert len(entries) == 6 and all(e["status"] == "invalid" for e in entries), [e["detail"] for e in entries]
+    details = {Path(e["path"]).stem: e["detail"] for e in entries}
+    assert "not valid JSON" in details["bad_json_02"] and f"{len(token) + 2} bytes" in details["bad_json_02"]
+    assert "not UTF-8" in details["latin1_02"] and "not Python" in details["foreign_02"]
+    assert token not in report_text(tmp_path, capsys)

@@ -34,8 +34,9 @@ from . import plain, submission
 
 # Worst first: a row's status is the worst thing that happened to it.
 STATUSES = ("invalid", "grader_error", "kernel_died", "timeout", "memory", "error", "ok")
-MAX_OUTPUT_BYTES = 256 * 2**20
+MAX_OUTPUT_BYTES = 256 * 2**20  # also the kernel's RLIMIT_FSIZE: it cannot write a file we would refuse
 UID_BASE = 1_000_000  # private uids for kernels, far above any real account
+TMP_MB = 64  # each of the kernel's private /tmp, /var/tmp and /dev/shm
 
 
 @dataclass
@@ -65,6 +66,13 @@ class Grade:
         return asdict(self)
 
 
+def _out_of_time(entry):
+    """A cell or task the worker skipped because the submission's time limit was reached."""
+    from .worker import OUT_OF_TIME
+
+    return entry["state"] == "not_run" and entry["detail"] == OUT_OF_TIME
+
+
 def _worst(statuses):
     return min(statuses, key=STATUSES.index, default="ok")
 
@@ -78,6 +86,71 @@ def _repo_root():
 def _inside(path, other):
     """True when ``path`` is ``other`` or one of its parents."""
     return other == path or path in other.parents
+
+
+def _kernel_sys_path(root):
+    """``sys.path`` of the kernel's interpreter, as the sandbox starts it (``-s``, the kernel's environment)."""
+    from .worker import kernel_env
+
+    code = "import json, sys; print(json.dumps([p for p in sys.path if p]))"
+    out = subprocess.run([sys.executable, "-s", "-c", code], cwd=root, env=kernel_env(Path(root)),
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return [Path(p) for p in json.loads(out)]
+
+
+def _interpreter(executable):
+    """The ELF program interpreter (dynamic loader) of ``executable``, e.g. /lib64/ld-linux-x86-64.so.2."""
+    import struct
+
+    try:
+        with open(executable, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only; else the folders found below must do
+                return None
+            end = "<" if head[5] == 1 else ">"
+            phoff, = struct.unpack(end + "Q", head[32:40])
+            phentsize, phnum = struct.unpack(end + "HH", head[54:58])
+            for i in range(phnum):
+                f.seek(phoff + i * phentsize)
+                p_type, _, p_offset, _, _, p_filesz = struct.unpack(end + "IIQQQQ", f.read(40))
+                if p_type == 3:  # PT_INTERP
+                    f.seek(p_offset)
+                    return f.read(p_filesz).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _library_paths(python_paths):
+    """The system folders this Python loads shared libraries from, as the kernel will look them up.
+
+    Read from this process's own memory map (it runs the same interpreter, NumPy and normlab as the
+    kernel), outside the Python folders; plus the dynamic loader and ``/etc/ld.so.cache``. A folder is
+    also allowed by the names the loader knows it by (``/lib/x86_64-linux-gnu`` for
+    ``/usr/lib/x86_64-linux-gnu``), so that the links on the way exist in the kernel's root.
+    """
+    folders = set()
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        maps = []
+    for line in maps:
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].startswith("/") and ".so" in fields[5]:
+            folder = Path(fields[5].strip()).parent
+            if not any(_inside(p, folder) for p in python_paths):
+                folders.add(folder)
+    paths = set(folders)
+    for alias in ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib"):
+        real = Path(alias).resolve()
+        for folder in folders:
+            if real != Path(alias) and _inside(real, folder):
+                paths.add(Path(alias) / folder.relative_to(real))
+    loader = _interpreter(os.path.realpath(sys.executable))
+    for extra in (loader, "/etc/ld.so.cache"):
+        if extra and os.path.lexists(extra):
+            paths.add(Path(extra))
+    return paths
 
 
 class Grader:
@@ -110,10 +183,20 @@ class Grader:
     # -- isolation settings shared by all submissions -------------------------------------------------------
 
     def _isolation(self, inputs, root):
+        """What the kernels may see (``allow_ro``, the allowlist) and, for the fallback without a new root,
+        what they must not (``hide``, ``readonly``, ``reveal``)."""
         import normlab
 
         repo = _repo_root()
         package = Path(normlab.__file__).resolve().parent
+        prefixes = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+        python = set(prefixes) | {Path(sys.executable)}
+        for entry in _kernel_sys_path(root):
+            # an editable install puts the checkout's src/ on sys.path: allow the package, not its folder
+            if entry.exists() and not (_inside(entry, package) and not any(_inside(p, entry) for p in prefixes)):
+                python.add(entry)
+        resolved = {Path(os.path.realpath(p)) for p in python}
+        allow = python | {package} | _library_paths(resolved | {package})
         hide, readonly = [], []
         if repo is not None:
             hide += [repo / name for name in ("solutions", "tests", ".git") if (repo / name).exists()]
@@ -127,8 +210,8 @@ class Grader:
                 hide.append(p)
         reveal = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), package.parent}
         reveal |= {Path(p).resolve() for p in sys.path if p and Path(p).is_dir() and "site-packages" in p}
-        return {"hide": sorted({str(p) for p in hide}), "readonly": sorted({str(p) for p in readonly}),
-                "reveal": sorted(str(p) for p in reveal)}
+        return {"allow_ro": sorted({str(p) for p in allow}), "hide": sorted({str(p) for p in hide}),
+                "readonly": sorted({str(p) for p in readonly}), "reveal": sorted(str(p) for p in reveal)}
 
     # -- one submission -------------------------------------------------------------------------------------
 
@@ -136,7 +219,7 @@ class Grader:
         jobdir.chmod(0o711)  # the kernel's uid may pass through to work/ and cases/, not list or read the rest
         work = jobdir / "work"
         work.mkdir(mode=0o700)
-        shutil.copyfile(sub.path, work / sub.path.name)
+        (work / sub.path.name).write_bytes(sub.data)  # the bytes read once in `submission.load`; no second read
         cases_dir = jobdir / "cases"
         cases_dir.mkdir(mode=0o755)
         tasks, cases = [], {}
@@ -150,7 +233,8 @@ class Grader:
                           "n_cases": len(cases[task.name])})
         job = {"cells": sub.cells, "tasks": tasks, "cell_timeout": self.timeout,
                "submission_timeout": self.submission_timeout, "memory_mb": self.memory_mb, "uid": uid,
-               "namespaces": self.namespaces, **isolation}
+               "namespaces": self.namespaces, "tmp_mb": TMP_MB, "fsize_mb": MAX_OUTPUT_BYTES // 2**20,
+               **isolation}
         (jobdir / "job.json").write_text(json.dumps(job))
         (jobdir / "job.json").chmod(0o600)  # the kernel's uid may enter jobdir but has no business reading this
         return cases
@@ -171,14 +255,9 @@ class Grader:
 
     @staticmethod
     def _kill_uid(uid):
-        """Kill every process of the kernel's private uid: children the student started, daemonised or not."""
-        if uid is None:
-            return
-        # `kill -9 -1` as that uid reaches exactly that uid's processes. /bin/kill, not sys.executable:
-        # the interpreter may live where the uid cannot enter (e.g. /root/.pyenv).
-        kill = shutil.which("kill") or "/bin/kill"
-        subprocess.run([kill, "-9", "-1"], user=uid, group=uid, extra_groups=[], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from .worker import kill_uid  # here, not at the top: see `_run_worker`
+
+        kill_uid(uid)
 
     def _outputs(self, task, cases, entry, work):
         """The outputs to judge for one task: what the kernel wrote, or an error output per case."""
@@ -281,6 +360,11 @@ class Grader:
                         "died": "kernel_died"}.get(entry["state"])
                 if kind:
                     grade.problems.append((kind, f"calling {name}: {entry['detail']}"))
+            skipped = [f"code cell {c['cell']}" for c in result.get("cells", []) if _out_of_time(c)]
+            skipped += [f"calling {name}" for name, e in result.get("tasks", {}).items() if _out_of_time(e)]
+            if skipped and not killed:  # e.g. a slow kernel start ate the limit: that is a timeout, not "ok"
+                grade.problems.append(("timeout", f"the submission's {self.submission_timeout:g} s time limit "
+                                                  f"was reached before {skipped[0]}"))
             with self._task_lock:
                 self._judge(grade, chapter_tasks, cases, result, jobdir / "work")
         finally:

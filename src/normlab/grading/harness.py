@@ -8,6 +8,7 @@ grader judges in its own process.
 """
 import pickle
 import signal
+import time
 
 from .plain import dump
 
@@ -28,22 +29,40 @@ def _error_text(e):
 def call_with_limit(fn, args, kwargs, seconds):
     """``(result, error)`` of ``fn(*args, **kwargs)``; error is ``"Type: message"`` or None. Never raises."""
     previous = signal.signal(signal.SIGALRM, _on_alarm)
+    timeout = f"TimeoutError: the call took more than {seconds:g} s"
     try:
+        start = time.monotonic()
         signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
-            return fn(*args, **kwargs), None
+            result = fn(*args, **kwargs)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        # a function that caught the alarm and returned late still ran past its limit
+        return (None, timeout) if time.monotonic() - start > seconds else (result, None)
     except _CallTimeout:
-        return None, f"TimeoutError: the call took more than {seconds:g} s"
+        return None, timeout
     except (Exception, SystemExit) as e:  # noqa: BLE001 - a student's bug is a failed check, not a grader crash
         return None, _error_text(e)
     finally:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_task(namespace, function, cases_path, json_path, npz_path, seconds):
-    """Call ``namespace[function]`` on every case in ``cases_path``; write ``{"outputs": [...]}`` or ``{"missing": ...}``."""
+def _note_progress(path, index):
+    """Tell the worker which call is running, so that it can time each call (see ``worker.execute``)."""
+    if path is None:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(str(index))
+    except OSError:  # the student may have made this impossible; the task's overall budget still holds
+        pass
+
+
+def run_task(namespace, function, cases_path, json_path, npz_path, seconds, progress_path=None):
+    """Call ``namespace[function]`` on every case in ``cases_path``; write ``{"outputs": [...]}`` or ``{"missing": ...}``.
+
+    Before each call its number goes into ``progress_path``.
+    """
     with open(cases_path, "rb") as f:
         cases = pickle.load(f)  # written by the grader, not by the student
     fn = namespace.get(function)
@@ -52,12 +71,14 @@ def run_task(namespace, function, cases_path, json_path, npz_path, seconds):
         dump({"missing": f"`{function}` is {found}"}, json_path, npz_path)
         return
     outputs, timed_out = [], False
-    for case in cases:
+    for index, case in enumerate(cases):
         args, kwargs = list(case.get("args", [])), dict(case.get("kwargs", {}))
         if timed_out:  # one runaway call is enough: do not spend the limit again on every case
             outputs.append({"result": None, "args": args, "error": "not run: an earlier call timed out"})
             continue
+        _note_progress(progress_path, index)
         result, error = call_with_limit(fn, args, kwargs, seconds)
         timed_out = error is not None and error.startswith("TimeoutError: the call took")
         outputs.append({"result": result, "args": args, "error": error})
+    _note_progress(progress_path, "done")
     dump({"outputs": outputs}, json_path, npz_path)

@@ -14,8 +14,17 @@ Chapter rule, first signal that names a chapter wins:
 
 Within a signal, the chapter named most often wins; a tie is broken by the
 file name, else the submission is invalid as ambiguous.
+
+Refused without reading a byte through them: symbolic links, and anything
+reached through one (a file given by a path with a linked folder on the way,
+or a linked folder met while walking), and files that are not regular files
+(FIFOs, devices). Each still gets a row. The reason for an invalid row never
+quotes the file: it gives the size and the kind of problem, so that a link to
+``/etc/passwd`` or a file of secrets cannot put its bytes into a report.
 """
+import os
 import re
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,19 +38,23 @@ SUFFIXES = (".ipynb", ".md")
 class Submission:
     path: Path
     cells: list = field(default_factory=list)  # sources of the code cells to run (check cells left out)
+    data: bytes = b""  # the file's bytes as read once here; the job gets these, never a second read of the path
     chapter: int | None = None
     problem: str | None = None  # why the file is not a valid submission; None when it is
 
 
 def _kernel_problem(metadata):
-    """Why the notebook's declared kernel is not Python, or None. We always run our own Python kernel."""
+    """Why the notebook's declared kernel is not Python, or None. We always run our own Python kernel.
+
+    The kernel's name is not quoted: it is the file's content, and the file is invalid.
+    """
     spec = metadata.get("kernelspec") or {}
     language = spec.get("language") or (metadata.get("language_info") or {}).get("name")
     name = spec.get("name")
     if language is not None and str(language).lower() != "python":
-        return f"the notebook's kernel is {name or language!s} ({language}), not Python"
+        return "the notebook's kernel is not Python (its kernelspec declares another language)"
     if language is None and name is not None and not str(name).lower().startswith("python"):
-        return f"the notebook's kernel is {name!s}, not a Python kernel"
+        return "the notebook's kernel is not Python (its kernelspec names a kernel that is not python*)"
     return None
 
 
@@ -99,26 +112,82 @@ def detect_chapter(nb, path, tasks):
     return None, "cannot tell the chapter: no known checker call, task function or chapter number in the name"
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode):
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def symlink_on_the_way(path):
+    """The first symbolic link among the components of ``path`` as written, or None.
+
+    For a relative path only the written components count (not the current
+    folder's own parents); for an absolute one, every component from ``/``.
+    """
+    path = Path(path)
+    parts = path.parts
+    current = Path(parts[0]) if path.is_absolute() else Path()
+    for part in parts[1:] if path.is_absolute() else parts:
+        current = current / part
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return current
+        except OSError:
+            return None  # a missing component: reading will say so
+    return None
+
+
+def _read(path):
+    """The file's bytes, read without following a link; ``(data, None)`` or ``(None, reason)``."""
+    link = symlink_on_the_way(path)
+    if link is not None:
+        where = "is a symbolic link" if link == path else f"is reached through the symbolic link {link}"
+        return None, f"the submission {where}: refused, nothing behind the link was read"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        return None, f"cannot open the file: {type(e).__name__} ({os.strerror(e.errno) if e.errno else e})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, f"not a regular file ({_kind(info.st_mode)}): refused, nothing was read"
+        if info.st_size > MAX_BYTES:
+            return None, f"file is {info.st_size / 2**20:.0f} MiB, over the {MAX_BYTES // 2**20} MiB limit"
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        return None, f"cannot read the file: {type(e).__name__} ({os.strerror(e.errno) if e.errno else e})"
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        return None, f"file grew past the {MAX_BYTES // 2**20} MiB limit while being read"
+    return data, None
+
+
 def _load(path, tasks):
     sub = Submission(path)
+    data, sub.problem = _read(path)
+    if sub.problem:
+        return sub
+    size = f"{len(data)} bytes"
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            sub.problem = f"file is {size / 2**20:.0f} MiB, over the {MAX_BYTES // 2**20} MiB limit"
-            return sub
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        sub.problem = f"cannot read the file: {type(e).__name__}: {e}"[:300]
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        sub.problem = f"not UTF-8 text ({size})"
         return sub
     if not text.strip():
-        sub.problem = "empty file"
+        sub.problem = f"empty file ({size})"
         return sub
     try:
         nb = _read_notebook(path, text)
     except Exception as e:  # noqa: BLE001 - nbformat/jupytext raise many types for malformed input
+        # Only the exception's type: its message may quote the file (nbformat's NotJSONError does).
         kind = "not valid JSON" if type(e).__name__ in ("NotJSONError", "JSONDecodeError") else "not a valid notebook"
-        sub.problem = f"{kind}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        sub.problem = f"{kind} ({size}, {type(e).__name__})"
         return sub
+    sub.data = data
     sub.problem = _kernel_problem(nb.metadata)
     if sub.problem:
         return sub
@@ -142,26 +211,47 @@ def load(path, tasks):
 def _is_myst_notebook(path):
     """In a folder, a ``.md`` counts only with jupytext front matter: a README is not a submission."""
     try:
-        head = path.read_bytes()[:4096].decode("utf-8", "replace")
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
     except OSError:
-        return False
+        return True  # cannot tell: let it have a row that says why it cannot be read
     return head.lstrip().startswith("---") and ("jupytext:" in head or "kernelspec:" in head)
+
+
+def _walk(folder, found):
+    """Add the notebooks under ``folder``, never following a link: a link is added as it is, to be refused."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        found.add(folder)  # an unreadable folder gets a row that says so
+        return
+    for entry in entries:
+        path = folder / entry.name
+        if entry.is_symlink():
+            found.add(path)  # whatever it points to: not read, but not skipped silently either
+        elif entry.is_dir(follow_symlinks=False):
+            if entry.name != ".ipynb_checkpoints":
+                _walk(path, found)
+        elif path.suffix in SUFFIXES:
+            regular = entry.is_file(follow_symlinks=False)
+            if path.suffix == ".ipynb" or not regular or _is_myst_notebook(path):
+                found.add(path)
 
 
 def find(paths):
     """Every notebook under ``paths``, sorted, without duplicates.
 
     Files count as given; folders are searched recursively for ``.ipynb`` and
-    for ``.md`` files with jupytext front matter.
+    for ``.md`` files with jupytext front matter. Symbolic links are never
+    followed: a link (or a path with a link on the way) is returned as it is,
+    and `load` gives it an invalid row.
     """
     found = set()
     for p in map(Path, paths):
-        if p.is_dir():
-            found.update(q for q in p.rglob("*")
-                         if q.suffix in SUFFIXES and q.is_file() and ".ipynb_checkpoints" not in q.parts
-                         and (q.suffix == ".ipynb" or _is_myst_notebook(q)))
-        elif p.exists():
-            found.add(p)
-        else:
+        if not os.path.lexists(p):
             raise FileNotFoundError(f"no such file or folder: {p}")
+        if symlink_on_the_way(p) is None and p.is_dir():
+            _walk(p, found)
+        else:
+            found.add(p)
     return sorted(found, key=lambda q: str(q))
