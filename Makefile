@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels-compiled
 
 .PHONY: install book browser test bench clean
 
@@ -14,7 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-install: $(STAMP)
+# Compile the Numba kernels into their disk cache now (again whenever they change), so that no user's
+# first call waits for the compiler.
+$(KERNELS): $(STAMP) src/normlab/kernels/numba_norms.py
+	$(BIN)/python -m normlab.kernels.numba_norms
+	touch $(KERNELS)
+
+install: $(KERNELS)
 
 book: install
 	rm -rf _build

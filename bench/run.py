@@ -1,4 +1,4 @@
-"""normlab against torch on the CPU: forward, backward and forward+backward of the four norms.
+"""normlab against torch on the CPU: forward, backward and forward+backward of every norm.
 
 Run ``make bench`` (or ``python -m bench.run``). It prints one markdown table and
 writes the same numbers, with a description of the machine, to
@@ -15,14 +15,23 @@ How it measures, and why:
   better estimate of what each library does undisturbed (torch's threads wait
   for each other, so a busy machine slows torch more than single-threaded NumPy);
 - torch runs at its default thread count; nothing here touches thread settings;
-- normlab runs its default path (the compiled kernels when Numba is installed)
-  and, as a third column interleaved with the other two, its NumPy path
-  (compiled kernels switched off);
+- normlab runs its default path (`normlab.paths` picks the compiled kernels
+  for these sizes) and, as a third column interleaved with the other two, its
+  generic core (``normlab.paths.reference_only()``), except on the largest
+  rows, where that column would take minutes;
 - torch's backward is timed as ``autograd.grad`` on a graph built beforehand
   (``retain_graph=True``), normlab's as ``*_backward`` on a cache built beforehand;
 - the bandwidth column divides the fewest bytes the pass must move (forward:
   read x, write y; backward: read x, read dy, write dx; both: all five) by the
-  time, and reports it as a fraction of a large ``np.copyto`` measured here.
+  time, and reports it as a fraction of a large ``np.copyto`` measured here;
+- ``passes`` is how many input-sized arrays normlab's kernels move from
+  memory: the minimum when one statistic's values (x, and dy in the backward)
+  fit in a core's L2 cache, more when the kernels must read them again;
+  ``pass limit`` is the time those passes take at memcpy speed divided by the
+  measured time (1.0: as fast as the algorithm can be on this machine).
+
+``--contended`` runs the table a second time with a busy process beside it
+(one Python loop per spare core is not what users have; one busy process is).
 
 ``--device cuda`` hands over to ``bench.gpu`` (CuPy against torch CUDA) when that
 module exists.
@@ -67,12 +76,13 @@ def make_cases(rng):
 
     import normlab as nl
 
-    def case(op, shape, channels, nl_fwd, nl_bwd, torch_fwd, affine=True, running=False, param_shape=None):
+    def case(op, shape, channels, nl_fwd, nl_bwd, torch_fwd, affine=True, running=False, param_shape=None,
+             bias=True):
         x = rng.standard_normal(shape, dtype=np.float32)
         dy = rng.standard_normal(shape, dtype=np.float32)
         pshape = param_shape or (channels,)
         w = (1 + 0.1 * rng.standard_normal(pshape)).astype(np.float32) if affine else None
-        b = (0.1 * rng.standard_normal(pshape)).astype(np.float32) if affine else None
+        b = (0.1 * rng.standard_normal(pshape)).astype(np.float32) if affine and bias else None
         rm, rv = (np.zeros(channels, np.float32), np.ones(channels, np.float32)) if running else (None, None)
 
         xt = torch.from_numpy(x.copy()).requires_grad_()
@@ -107,46 +117,76 @@ def make_cases(rng):
         case("InstanceNorm2d", (16, 64, 32, 32), 64,
              lambda x, w, b, *_: nl.instance_norm_forward(x, w, b), nl.instance_norm_backward,
              lambda x, w, b, *_: F.instance_norm(x, weight=w, bias=b), affine=False),
+        case("RMSNorm", (256, 1024), 1024,
+             lambda x, w, *_: nl.rms_norm_forward(x, (1024,), w), nl.rms_norm_backward,
+             lambda x, w, *_: F.rms_norm(x, (1024,), w), bias=False),
     ]
-    return cases
+    dram = [  # far larger than any cache: these rows measure memory traffic
+        case("BatchNorm2d", (64, 256, 56, 56), 256, bn_nl, nl.batch_norm_backward, bn_torch, running=True),
+        case("LayerNorm", (8192, 4096), 4096,
+             lambda x, w, b, *_: nl.layer_norm_forward(x, (4096,), w, b), nl.layer_norm_backward,
+             lambda x, w, b, *_: F.layer_norm(x, (4096,), w, b)),
+        case("GroupNorm(32)", (32, 256, 56, 56), 256,
+             lambda x, w, b, *_: nl.group_norm_forward(x, 32, w, b), nl.group_norm_backward,
+             lambda x, w, b, *_: F.group_norm(x, 32, w, b)),
+        case("RMSNorm", (8192, 4096), 4096,
+             lambda x, w, *_: nl.rms_norm_forward(x, (4096,), w), nl.rms_norm_backward,
+             lambda x, w, *_: F.rms_norm(x, (4096,), w), bias=False),
+    ]
+    return cases + dram
 
 
-def numpy_path(fn):
-    """``fn`` with normlab's compiled kernels switched off: what normlab does without Numba."""
-    from normlab import _fast_numba
+GENERIC_MAX_ELEMENTS = 1 << 24  # larger rows skip the generic column
+
+
+def algorithm_passes(cache, l2_bytes):
+    """Input-sized arrays the compiled kernels move from memory, per pass (see the module docstring)."""
+    from normlab.kernels import numba_norms
+
+    p = getattr(cache, "plan", None)
+    if p is None or l2_bytes is None:
+        return None
+    itemsize = cache.x.dtype.itemsize
+    if p.per_channel and p.s == 1:  # BatchNorm1d: each task works on a block of whole rows
+        unit = -(-p.n // numba_norms.TASKS) * p.c * itemsize
+    else:
+        unit = p.count * itemsize
+    forward = 2 if unit <= l2_bytes else 4  # else x is read three times: mean, variance, normalize
+    backward = 3 if 2 * unit <= l2_bytes else 5  # else x and dy are read twice: the sums, then dx
+    return {"forward": forward, "backward": backward, "forward+backward": forward + backward}
+
+
+def generic_path(fn):
+    """``fn`` on normlab's generic core, every fast path switched off."""
+    from normlab import paths
 
     def run(*args):
-        saved, _fast_numba.USE_NUMBA = _fast_numba.USE_NUMBA, False
-        try:
+        with paths.reference_only():
             return fn(*args)
-        finally:
-            _fast_numba.USE_NUMBA = saved
 
     return run
 
 
 def path_name(cache):
     """Which of normlab's paths made this cache."""
-    from normlab import _fast_numba, _fast_numpy
-
-    if isinstance(cache, _fast_numba.CompiledCache):
-        return "compiled"
-    return "numpy" if isinstance(cache, _fast_numpy.FastCache) else "generic"
+    path = getattr(cache, "path", None)
+    return "generic" if path is None else path.name
 
 
-def pass_functions(case):
-    """For each pass, zero-argument callables: normlab (default path), torch, normlab's NumPy path."""
+def pass_functions(case, with_generic=True):
+    """For each pass, zero-argument callables: normlab (default path), torch, and normlab's generic core
+    (or only the first two). Also the default path's name and cache."""
     import torch
 
     nl_cache = case.nl_forward()[1]
-    np_forward, np_backward = numpy_path(case.nl_forward), numpy_path(case.nl_backward)
-    np_cache = np_forward()[1]
+    np_forward, np_backward = generic_path(case.nl_forward), generic_path(case.nl_backward)
+    np_cache = np_forward()[1] if with_generic else None
     torch_y = case.torch_forward()
 
     def torch_backward(y):
         return torch.autograd.grad(y, case.torch_inputs, case.dy_torch, retain_graph=True)
 
-    return {
+    fns = {
         "forward": (case.nl_forward, case.torch_forward, np_forward),
         "backward": (lambda: case.nl_backward(nl_cache), lambda: torch_backward(torch_y),
                      lambda: np_backward(np_cache)),
@@ -155,7 +195,10 @@ def pass_functions(case):
             lambda: torch.autograd.grad(case.torch_forward(), case.torch_inputs, case.dy_torch),
             lambda: np_backward(np_forward()[1]),
         ),
-    }, path_name(nl_cache)
+    }
+    if not with_generic:
+        fns = {name: pair[:2] for name, pair in fns.items()}
+    return fns, path_name(nl_cache), nl_cache
 
 
 def _loops_for(fn, min_sample_s):
@@ -252,35 +295,71 @@ def _l2_cache_bytes():
 def _numba_description():
     """Numba's version, threading layer and threads, after one compiled call has started its pool."""
     import normlab as nl
-    from normlab import _fast_numba
+    from normlab.paths import numba_cpu
 
-    if not _fast_numba.USE_NUMBA:
+    if not numba_cpu.PATH.usable():
         return None
     import numba
 
-    x = np.ones((_fast_numba.MIN_ELEMENTS // 64, 64), np.float32)
+    x = np.ones((numba_cpu.MIN_ELEMENTS // 64, 64), np.float32)
     nl.layer_norm_forward(x, 64)
     return {"version": numba.__version__, "threading_layer": numba.threading_layer(),
-            "threads": numba.get_num_threads()}
+            "threads": numba.config.NUMBA_NUM_THREADS}
 
 
-def run(repeats, only=None):
+def run(repeats, only=None, contended=False):
     rng = np.random.default_rng(0)
     machine = machine_description()
     copy_bw = memcpy_bandwidth(256 * 2**20)
     copy_bw_small = memcpy_bandwidth(8 * 2**20)  # the size of the largest input: it fits in the L3 cache
     flops = matmul_flops()
+    cases = [c for c in make_cases(rng) if not only or only.lower() in c.op.lower()]
+    result = {
+        "machine": machine,
+        "dtype": "float32",
+        "repeats": repeats,
+        "memcpy_bytes_per_s": copy_bw,
+        "memcpy_array_bytes": 256 * 2**20,
+        "memcpy_8MiB_bytes_per_s": copy_bw_small,
+        "matmul_flops_per_s": flops,
+        "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"]),
+    }
+    if contended:
+        with busy_process():
+            result["contended_rows"] = table(cases, repeats, copy_bw, machine["l2_cache_bytes"])
+    result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return result
+
+
+class busy_process:
+    """A second process that keeps one core busy (a Python loop) while the block runs."""
+
+    def __enter__(self):
+        import subprocess
+
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)  # let it get scheduled
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
+def table(cases, repeats, copy_bw, l2_bytes):
     rows = []
-    for case in make_cases(rng):
-        if only and only.lower() not in case.op.lower():
-            continue
-        fns, path = pass_functions(case)
+    for case in cases:
+        with_generic = math.prod(case.shape) <= GENERIC_MAX_ELEMENTS
+        fns, path, cache = pass_functions(case, with_generic)
+        passes = algorithm_passes(cache, l2_bytes)
         for name in PASSES:
-            samples_nl, samples_torch, samples_np = sample_interleaved(fns[name], repeats)
+            samples = sample_interleaved(fns[name], repeats)
+            samples_nl, samples_torch = samples[:2]
             t_nl, t_torch = statistics.median(samples_nl), statistics.median(samples_torch)
-            t_np = statistics.median(samples_np)
+            t_np = statistics.median(samples[2]) if with_generic else None
             best_nl, best_torch = min(samples_nl), min(samples_torch)
-            moved = ARRAYS_MOVED[name] * math.prod(case.shape) * 4
+            array_bytes = math.prod(case.shape) * 4
+            moved = ARRAYS_MOVED[name] * array_bytes
             rows.append({
                 "op": case.op,
                 "shape": list(case.shape),
@@ -295,33 +374,27 @@ def run(repeats, only=None):
                 "normlab_bw_fraction": moved / t_nl / copy_bw,
                 "torch_bw_fraction": moved / t_torch / copy_bw,
                 "min_bytes": moved,
-                "numpy_path_ms": t_np * 1e3,
-                "numpy_path_ratio": t_np / t_torch,
+                "passes": None if passes is None else passes[name],
+                "pass_limit_fraction": None if passes is None else passes[name] * array_bytes / copy_bw / t_nl,
+                "generic_ms": None if t_np is None else t_np * 1e3,
+                "generic_ratio": None if t_np is None else t_np / t_torch,
             })
-    return {
-        "machine": machine,
-        "dtype": "float32",
-        "repeats": repeats,
-        "memcpy_bytes_per_s": copy_bw,
-        "memcpy_array_bytes": 256 * 2**20,
-        "memcpy_8MiB_bytes_per_s": copy_bw_small,
-        "matmul_flops_per_s": flops,
-        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "rows": rows,
-    }
+    return rows
 
 
 def format_table(rows):
     lines = [
         "| op | shape | pass | normlab ms | torch ms | normlab/torch | fastest: normlab/torch "
-        "| normlab BW/memcpy | torch BW/memcpy | NumPy path/torch |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| normlab BW/memcpy | torch BW/memcpy | passes | pass limit | generic/torch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        limit = "" if r["pass_limit_fraction"] is None else f"{r['pass_limit_fraction']:.2f}"
+        generic = "" if r["generic_ratio"] is None else f"{r['generic_ratio']:.2f}"
         lines.append(
             f"| {r['op']} | {tuple(r['shape'])} | {r['pass']} | {r['normlab_ms']:.3f} | {r['torch_ms']:.3f} "
             f"| {r['ratio']:.2f} | {r['best_ratio']:.2f} | {r['normlab_bw_fraction']:.2f} "
-            f"| {r['torch_bw_fraction']:.2f} | {r['numpy_path_ratio']:.2f} |"
+            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {generic} |"
         )
     return "\n".join(lines)
 
@@ -333,6 +406,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=9, help="samples per timing, at least 7 (default 9)")
     parser.add_argument("--only", help="run only the ops whose name contains this text (nothing is saved)")
     parser.add_argument("--no-save", action="store_true", help="print the table without writing JSON")
+    parser.add_argument("--contended", action="store_true",
+                        help="also run the table with a busy process beside it, and report both")
     args, _ = parser.parse_known_args(argv)
 
     if args.device == "cuda":
@@ -344,9 +419,9 @@ def main(argv=None):
     if args.repeats < 7:
         parser.error("--repeats must be at least 7")
 
-    result = run(args.repeats, args.only)
+    result = run(args.repeats, args.only, args.contended)
     m = result["machine"]
-    kernels = "no Numba: NumPy path only" if m["numba"] is None else (
+    kernels = "no Numba: generic core only" if m["numba"] is None else (
         f"numba {m['numba']['version']} ({m['numba']['threading_layer']}, {m['numba']['threads']} threads)")
     print(f"{m['cpu']}, {m['logical_cores']} cores, numpy {m['numpy']}, torch {m['torch']} "
           f"({m['torch_threads']} threads), {kernels}, {m['date']}")
@@ -358,6 +433,13 @@ def main(argv=None):
     both = [r for r in result["rows"] if r["pass"] == "forward+backward"]
     print(f"\nworst forward+backward ratio: {max(r['ratio'] for r in both):.2f} (medians), "
           f"{max(r['best_ratio'] for r in both):.2f} (fastest samples)")
+    if "contended_rows" in result:
+        print("\nWith one busy process beside it:\n")
+        print(format_table(result["contended_rows"]))
+        for quiet, busy in zip(result["rows"], result["contended_rows"]):
+            if quiet["pass"] == "forward+backward":
+                print(f"{quiet['op']} {tuple(quiet['shape'])}: contended/quiet normlab "
+                      f"{busy['normlab_ms'] / quiet['normlab_ms']:.2f}, torch {busy['torch_ms'] / quiet['torch_ms']:.2f}")
 
     if not (args.no_save or args.only):
         save_results(result, "cpu")

@@ -84,6 +84,9 @@ BRIDGE_CASES = {
     "layer_norm": (lambda: tnn.LayerNorm((4, 5)), (3, 2, 4, 5)),
     "instance_norm": (lambda: tnn.InstanceNorm2d(3, affine=True), (2, 3, 4, 3)),
     "instance_norm-tracking": (lambda: tnn.InstanceNorm1d(3, affine=True, track_running_stats=True), (2, 3, 6)),
+    "rms_norm": (lambda: tnn.RMSNorm((4, 5)), (3, 2, 4, 5)),
+    "rms_norm-eps": (lambda: tnn.RMSNorm(5, eps=1e-3), (3, 4, 5)),
+    "local_response_norm": (lambda: tnn.LocalResponseNorm(3, alpha=0.5, beta=0.75, k=1.0), (2, 5, 3, 2)),
 }
 
 
@@ -112,6 +115,47 @@ def normlab_function(forward_fn):
     return lambda x, weight, bias: tb.NormFunction.apply(x, weight, bias, forward_fn)
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["numpy-views", "torch-ops"])
+def test_cpu_tensors_reach_the_fast_path_through_numpy_views(host, rng, monkeypatch, any_size_compiled):
+    """On the host route the forward runs on NumPy views of the tensors' memory (so the compiled path serves),
+    running buffers are updated in place through those views, and both routes give torch's results."""
+    from normlab.core import NormCache
+    from normlab.paths import numba_cpu
+
+    pytest.importorskip("numba")
+    monkeypatch.setattr(tb, "on_host", lambda *tensors: host)
+    theirs, ours = twins(tnn.BatchNorm2d(3))
+    buffer_memory = ours.running_mean.data_ptr()
+    seen = []
+    real_forward = tb.NormFunction.forward
+
+    def spy(ctx, *args):
+        y = real_forward(ctx, *args)
+        seen.append(type(ctx.cache))
+        return y
+
+    monkeypatch.setattr(tb.NormFunction, "forward", staticmethod(spy))
+    x = rng.standard_normal((4, 3, 5, 5))
+    dy = torch.from_numpy(rng.standard_normal(x.shape))
+    grads = []
+    for module in (theirs, ours):
+        xt = torch.tensor(x, requires_grad=True)
+        module(xt).backward(dy)
+        grads.append([xt.grad, module.weight.grad, module.bias.grad, module.running_mean, module.running_var])
+    assert seen == [numba_cpu.CompiledCache if host else NormCache]
+    assert ours.running_mean.data_ptr() == buffer_memory  # updated in place, not replaced
+    for expected, got in zip(*grads):
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_bridge_keeps_non_numpy_dtypes_on_torch_ops(rng):
+    bf16 = torch.from_numpy(rng.standard_normal((4, 6)).astype(np.float32)).to(torch.bfloat16)
+    assert not tb.on_host(bf16) and tb.on_host(bf16.float())
+    layer = tb.convert_norms(tnn.Sequential(tnn.LayerNorm(6, dtype=torch.bfloat16)))[0]
+    assert layer(bf16).dtype == torch.bfloat16
+
+
 GRADCHECK_CASES = {
     "batch_norm-train": ((5, 3, 2), (3,), lambda: partial(nl.batch_norm_forward, training=True)),
     "batch_norm-eval": ((5, 3, 2), (3,), lambda: partial(
@@ -120,6 +164,7 @@ GRADCHECK_CASES = {
     "instance_norm": ((2, 3, 4), (3,), lambda: nl.instance_norm_forward),
     "group_norm": ((2, 4, 3), (4,), lambda: lambda x, w, b: nl.group_norm_forward(x, 2, w, b)),
     "layer_norm": ((3, 2, 4), (2, 4), lambda: lambda x, w, b: nl.layer_norm_forward(x, (2, 4), w, b)),
+    "rms_norm": ((3, 2, 4), (2, 4), lambda: lambda x, w, b: nl.rms_norm_forward(x, (2, 4), w)),
 }
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 import normlab as nl
+from normlab import paths
 from normlab.core import normalize_backward
 from normlab.kernels import cupy_batch_norm
 
 from .helpers import assert_close
 
-bn_module = importlib.import_module("normlab.batch_norm")
 
 
 # ---------------------------------------------------------------- runs anywhere
@@ -82,7 +82,7 @@ def _inputs(cp, rng, shape, offset=3.0, affine=True):
 
 def _run(a, training, fused, monkeypatch):
     """Forward and backward through the public API; running buffers are copied so both runs start alike."""
-    monkeypatch.setattr(bn_module, "USE_FUSED_KERNELS", fused)
+    monkeypatch.setattr(paths, "enabled", fused)
     rm, rv = a["rm"].copy(), a["rv"].copy()
     y, cache = nl.batch_norm_forward(a["x"], a["w"], a["b"], running_mean=rm, running_var=rv,
                                      training=training, momentum=0.1, eps=1e-5)

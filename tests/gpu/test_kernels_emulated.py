@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import normlab as nl
+from normlab import paths
 from normlab.core import normalize_backward
 from normlab.kernels import cupy_batch_norm
 
@@ -26,7 +27,6 @@ pytestmark = [
                        reason="CuPy is installed: the real kernels are tested by test_cupy_backend.py"),
 ]
 
-bn_module = importlib.import_module("normlab.batch_norm")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def emulate(fake, monkeypatch):
         return fake
 
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(bn_module, "USE_FUSED_KERNELS", True)
+    monkeypatch.setattr(paths, "enabled", True)
     yield configure
     cupy_batch_norm._kernels.cache_clear()
     cupy_batch_norm._sm_count.cache_clear()
@@ -144,7 +144,7 @@ def test_generic_backward_accepts_the_fused_cache(emulate, rng):
 
 def test_switch_off_takes_the_generic_path(emulate, rng, monkeypatch):
     emulate()
-    monkeypatch.setattr(bn_module, "USE_FUSED_KERNELS", False)
+    monkeypatch.setattr(paths, "enabled", False)
     x = _fake(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
     _, cache = nl.batch_norm_forward(x)
     assert not isinstance(cache, cupy_batch_norm.FusedBatchNormCache)

@@ -1,0 +1,66 @@
+"""A small CNN's training step on the CPU: torch's own BatchNorm2d against normlab's through the bridge.
+
+``python -m bench.bridge``. Two conv+BatchNorm blocks, batch 64, 3×32×32 inputs, SGD; the two
+models start from the same weights and run interleaved in this process (median of the samples, and
+the fastest). The bridged model is ``normlab.torch_bridge.convert_norms`` of a copy of the native one,
+so its norm layers run normlab's forward and hand-derived backward on NumPy views of the tensors.
+"""
+import argparse
+import copy
+import statistics
+import sys
+
+from bench.run import sample_interleaved
+
+
+def small_cnn():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(64, 10),
+    )
+
+
+def step_function(model, x, y):
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv=None):
+    import torch
+
+    from normlab import torch_bridge
+
+    parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 3, 32, 32, generator=generator)
+    y = torch.randint(0, 10, (64,), generator=generator)
+    native = small_cnn()
+    bridged = torch_bridge.convert_norms(copy.deepcopy(native))
+    steps = [step_function(native, x, y), step_function(bridged, x, y)]
+    samples = sample_interleaved(steps, args.repeats, min_sample_s=0.05)
+    t_native, t_bridged = (statistics.median(s) for s in samples)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.repeats} interleaved samples")
+    print(f"training step, native BatchNorm2d: {t_native * 1e3:.2f} ms (fastest {min(samples[0]) * 1e3:.2f})")
+    print(f"training step, normlab bridge   : {t_bridged * 1e3:.2f} ms (fastest {min(samples[1]) * 1e3:.2f})")
+    print(f"bridged/native: {t_bridged / t_native:.2f} (medians), {min(samples[1]) / min(samples[0]):.2f} (fastest)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
