@@ -93,9 +93,12 @@ def _kernel_sys_path(root):
     from .worker import kernel_env
 
     code = "import json, sys; print(json.dumps([p for p in sys.path if p]))"
-    out = subprocess.run([sys.executable, "-s", "-c", code], cwd=root, env=kernel_env(Path(root)),
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    return [Path(p) for p in json.loads(out)]
+    try:
+        out = subprocess.run([sys.executable, "-s", "-c", code], cwd=root, env=kernel_env(Path(root)),
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        return [Path(p) for p in json.loads(out)]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return [Path(p) for p in sys.path if p]  # ours: a superset of the kernel's, less the user site
 
 
 def _interpreter(executable):

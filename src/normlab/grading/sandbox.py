@@ -134,7 +134,10 @@ class NewRoot:
             host = os.path.join(current, part)
             if self._visible(host):
                 return
-            info = os.lstat(host)
+            try:
+                info = os.lstat(host)
+            except FileNotFoundError:
+                return  # gone since the grader listed it: nothing to allow
             if stat.S_ISLNK(info.st_mode):
                 target = os.readlink(host)
                 if not os.path.lexists(self.inside(host)):
