@@ -36,7 +36,9 @@ test: book browser
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --contended
+	$(BIN)/python -m bench.cold_start
+	$(BIN)/python -m bench.bridge
 
 clean:
 	rm -rf _build $(VENV)

@@ -7,10 +7,13 @@ so its norm layers run normlab's forward and hand-derived backward on NumPy view
 """
 import argparse
 import copy
+import datetime as dt
+import json
+import os
 import statistics
 import sys
 
-from bench.run import sample_interleaved
+from bench.run import RESULTS, sample_interleaved
 
 
 def small_cnn():
@@ -46,7 +49,9 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(64, 3, 32, 32, generator=generator)
     y = torch.randint(0, 10, (64,), generator=generator)
@@ -59,6 +64,15 @@ def main(argv=None):
     print(f"training step, native BatchNorm2d: {t_native * 1e3:.2f} ms (fastest {min(samples[0]) * 1e3:.2f})")
     print(f"training step, normlab bridge   : {t_bridged * 1e3:.2f} ms (fastest {min(samples[1]) * 1e3:.2f})")
     print(f"bridged/native: {t_bridged / t_native:.2f} (medians), {min(samples[1]) / min(samples[0]):.2f} (fastest)")
+    if not args.no_save:
+        result = {"native_ms": t_native * 1e3, "bridged_ms": t_bridged * 1e3,
+                  "native_best_ms": min(samples[0]) * 1e3, "bridged_best_ms": min(samples[1]) * 1e3,
+                  "ratio": t_bridged / t_native, "best_ratio": min(samples[1]) / min(samples[0]),
+                  "repeats": args.repeats, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                  "load_average_at_start": load_before,
+                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        (RESULTS / "latest-bridge.json").write_text(json.dumps(result, indent=1) + "\n")
+        print("wrote bench/results/latest-bridge.json")
     return 0
 
 

@@ -9,7 +9,7 @@ How it measures, and why:
 
 - the rows are the CPU table's (see `bench.run`) plus BatchNorm2d (64, 256, 56, 56);
   BatchNorm2d rows run twice, through the generic path and the fused kernels
-  (``normlab.batch_norm.USE_FUSED_KERNELS``); the other rows use the generic path;
+  (``normlab.paths.enabled``); the other rows use the generic path;
 - a sample is a loop of calls long enough to last about a millisecond, bracketed
   by CUDA events on the stream the library launches on (CuPy's current stream
   for normlab, torch's current stream for torch), so host overhead that does not
@@ -27,7 +27,6 @@ of copy bandwidth at the large shapes. The summary lines say whether they are me
 """
 import argparse
 import datetime as dt
-import importlib
 import math
 import platform
 import statistics
@@ -115,7 +114,7 @@ def make_cases(cupy, torch, rng):
 
     import normlab as nl
 
-    bn_module = importlib.import_module("normlab.batch_norm")
+    from normlab import paths
     cases = []
 
     def add(op, shape, channels, nl_fwd, nl_bwd, torch_fwd, affine=True, running=False, variants=(("generic", False),)):
@@ -134,11 +133,11 @@ def make_cases(cupy, torch, rng):
         rmt, rvt = tensor(rm), tensor(rv)
         for variant, fused in variants:
             def nl_forward(fused=fused):
-                bn_module.USE_FUSED_KERNELS = fused
+                paths.enabled = fused
                 return nl_fwd(xc, wc, bc, rmc, rvc)
 
             def nl_backward(cache, fused=fused):
-                bn_module.USE_FUSED_KERNELS = fused
+                paths.enabled = fused
                 return nl_bwd(dyc, cache)
 
             cases.append(dict(
@@ -214,7 +213,7 @@ def machine_description(cupy, torch):
 
 def run(repeats, only=None):
     cupy, torch = require_gpu()
-    bn_module = importlib.import_module("normlab.batch_norm")
+    from normlab import paths
     cupy_timer, torch_timer = timers(cupy, torch)
     machine = machine_description(cupy, torch)
     copy_bw = copy_bandwidth(cupy, cupy_timer, repeats)
@@ -243,7 +242,7 @@ def run(repeats, only=None):
                     "max_abs_diff_y_vs_torch": diff,
                 })
     finally:
-        bn_module.USE_FUSED_KERNELS = True
+        paths.enabled = True
     return {
         "machine": machine,
         "dtype": "float32",
