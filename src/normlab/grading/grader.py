@@ -2,10 +2,13 @@
 
 For each submission the grader
 
-1. parses it as data (`submission.load`) and decides its chapter;
+1. parses it as data (`submission.load`: links and non-regular files are
+   refused unread) and decides its chapter;
 2. writes the chapter's cases (inputs only) and the code cells into a private
    job folder, and starts ``python -m normlab.grading.worker`` on it in a new
-   session, killing that whole session if it outlives the submission's limit;
+   session, killing that whole session if it outlives the submission's limit.
+   What the kernel may see (the allowlist, see `sandbox`) is worked out once
+   per batch, in `Grader._isolation`;
 3. kills every process left under the submission's private uid;
 4. reads the outputs back as plain data (`plain.load`, never a pickle) and
    calls ``Task.judge`` here, where student code never ran;

@@ -9,6 +9,8 @@ reach the kernel itself.
 1. Network: a new network namespace (``unshare(CLONE_NEWNET)``), which has no
    interface up, not even loopback. The kernel talks to the grader over Unix
    sockets (ZMQ ``ipc`` transport), which a network namespace does not cut.
+   An IPC namespace too, so System V shared memory, semaphores and message
+   queues are the kernel's own.
 2. Files, by allowlist: a new mount namespace with a new root, an empty tmpfs
    into which exactly these are bind-mounted, at their usual paths: the Python
    installation (its prefixes and the folders on its ``sys.path``), the
@@ -53,7 +55,7 @@ import sys
 import tempfile
 import time
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWIPC = 0x00020000, 0x10000000, 0x40000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 PR_SET_PDEATHSIG, MNT_DETACH = 1, 2
@@ -76,10 +78,10 @@ def _mount(source, target, fstype, flags, data=None):
 
 def _unshare(with_user_namespace):
     if not with_user_namespace:
-        _call(_libc.unshare, CLONE_NEWNS | CLONE_NEWNET)
+        _call(_libc.unshare, CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
         return
     uid, gid = os.getuid(), os.getgid()
-    _call(_libc.unshare, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET)
+    _call(_libc.unshare, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
     # map ourselves to ourselves, so files keep their owners and we stay unprivileged outside
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
@@ -299,6 +301,7 @@ def lock_down(cfg):
         _unshare(with_user_namespace=os.getuid() != 0)
         namespaces = True
         enforced.append("network namespace (no interfaces)")
+        enforced.append("IPC namespace")
     except OSError as e:
         problems.append(f"no namespaces: {e}")
     allowlist = False
