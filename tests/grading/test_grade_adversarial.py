@@ -188,6 +188,9 @@ def build_batch(folder, port, marker, outside):
     # set-up that the fresh kernel must run again: an assignment and a helper that the second task uses
     save(add_cell(nb, "SCALE = 1.0\n\ndef scaled(a):\n    return a * SCALE\n\nprint('not set-up')"),
          folder / "hung_task.ipynb")
+    nb = replace(sol(), "    ### BEGIN SOLUTION\n    mean = x.mean(axis=0)", "    import os\n    os._exit(4)\n"
+                 "    ### BEGIN SOLUTION\n    mean = x.mean(axis=0)")
+    save(nb, folder / "task_kills_kernel.ipynb")
 
     # Tampering with the output files: a pickle that would create `marker` if the grader ever unpickled it.
     tamper = f"""
@@ -464,6 +467,13 @@ def test_a_hung_task_costs_only_itself(graded):
     set-up again (imports, the helper and the constant that batch_norm_conv needs), and the next task passes."""
     r, e = row(graded, "hung_task.ipynb")
     assert r["status"] == "timeout" and "did not stop" in r["detail"] and "fresh kernel" in r["detail"], r["detail"]
+    assert float(r["batch_norm_forward"]) == 0
+    assert float(r["batch_norm_conv"]) == POINTS["batch_norm_conv"], messages(e, "batch_norm_conv")
+
+
+def test_a_task_that_kills_its_kernel_costs_only_itself(graded):
+    r, e = row(graded, "task_kills_kernel.ipynb")
+    assert r["status"] == "kernel_died" and "fresh kernel" in r["detail"], r["detail"]
     assert float(r["batch_norm_forward"]) == 0
     assert float(r["batch_norm_conv"]) == POINTS["batch_norm_conv"], messages(e, "batch_norm_conv")
 
