@@ -462,6 +462,36 @@ def test_the_kernel_sees_the_filesystem_by_allowlist(graded):
     assert any(x.startswith("RLIMIT_FSIZE") for x in e["isolation"])
 
 
+@pytest.mark.skipif(os.getuid() != 0 or sys.platform != "linux", reason="the tmpfs work folder needs root on Linux")
+def test_the_work_folder_is_capped_in_total_not_only_per_file(tmp_path):
+    """Files each under RLIMIT_FSIZE must not add up past the work folder's cap (nor reach the host's disk)."""
+    fill = textwrap.dedent("""
+        import os
+        written = 0
+        try:
+            for i in range(4):
+                with open(f"filler{i}", "wb") as f:
+                    f.write(bytes(12 * 2**20))
+                written += 12
+        except OSError as e:
+            written = f"{written} MiB, then {type(e).__name__}"
+        for i in range(4):  # room again for the harness's outputs
+            if os.path.exists(f"filler{i}"):
+                os.remove(f"filler{i}")
+        def batch_norm_forward(x, gamma, beta, eps=1e-5):
+            raise RuntimeError(f"wrote {written}")
+        batch_norm_conv = batch_norm_forward
+    """)
+    nb = solution()
+    nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and "def batch_norm" in c.source)]
+    (tmp_path / "subs").mkdir()
+    save(add_cell(nb, fill), tmp_path / "subs" / "fills_work.ipynb")
+    (g,) = Grader(timeout=TIMEOUT, work_mb=32).grade([tmp_path / "subs"])
+    assert "wrote 24 MiB, then OSError" in " ".join(g.tasks[0].messages), g.tasks[0].messages
+    assert "work folder: 32 MiB tmpfs" in g.isolation
+    assert "normlab-grade-" not in Path("/proc/self/mountinfo").read_text()  # no mount left on the host
+
+
 def test_a_hung_task_costs_only_itself(graded):
     """batch_norm_forward catches the alarm and the interrupt; its kernel is killed, a fresh one runs the
     set-up again (imports, the helper and the constant that batch_norm_conv needs), and the next task passes."""

@@ -168,6 +168,8 @@ def test_cli_exit_codes_for_grader_failures(tmp_path, capsys):
         main(["grade", str(tmp_path), "--jobs", "0"])
     with pytest.raises(ValueError, match="memory_mb"):
         Grader(memory_mb=10)
+    with pytest.raises(ValueError, match="work_mb"):
+        Grader(work_mb=8)
 
 
 def test_invalid_files_are_graded_without_a_kernel(tmp_path):

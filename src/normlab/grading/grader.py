@@ -40,6 +40,7 @@ STATUSES = ("invalid", "grader_error", "kernel_died", "timeout", "memory", "erro
 MAX_OUTPUT_BYTES = 256 * 2**20  # also the kernel's RLIMIT_FSIZE: it cannot write a file we would refuse
 UID_BASE = 1_000_000  # private uids for kernels, far above any real account
 TMP_MB = 64  # each of the kernel's private /tmp, /var/tmp and /dev/shm
+WORK_MB = 512  # the kernel's work folder (a tmpfs when grading as root): room for two outputs at the limit
 
 
 @dataclass
@@ -163,7 +164,7 @@ class Grader:
     """Grade submissions; see `grade`. ``tasks`` defaults to ``normlab.check.TASKS``."""
 
     def __init__(self, tasks=None, *, timeout=30.0, submission_timeout=None, memory_mb=2048, jobs=1,
-                 progress=None, keep_temp=False, namespaces=True):
+                 progress=None, keep_temp=False, namespaces=True, work_mb=WORK_MB):
         if tasks is None:
             from normlab.check import TASKS as tasks
         if not tasks:
@@ -184,6 +185,9 @@ class Grader:
         self.progress = progress
         self.keep_temp = keep_temp
         self.namespaces = namespaces  # False: audit hook and rlimits only, as on a system without namespaces
+        if work_mb is not None and work_mb < 16:
+            raise ValueError(f"work_mb must be at least 16 (the kernel keeps its settings there), got {work_mb}")
+        self.work_mb = work_mb  # None: the work folder stays on disk, capped per file only
         self._task_lock = threading.Lock()
 
     # -- isolation settings shared by all submissions -------------------------------------------------------
@@ -240,7 +244,7 @@ class Grader:
         job = {"cells": sub.cells, "tasks": tasks, "cell_timeout": self.timeout,
                "submission_timeout": self.submission_timeout, "memory_mb": self.memory_mb, "uid": uid,
                "namespaces": self.namespaces, "tmp_mb": TMP_MB, "fsize_mb": MAX_OUTPUT_BYTES // 2**20,
-               **isolation}
+               "work_mb": self.work_mb, "notebook": sub.path.name, **isolation}
         (jobdir / "job.json").write_text(json.dumps(job))
         (jobdir / "job.json").chmod(0o600)  # the kernel's uid may enter jobdir but has no business reading this
         return cases
@@ -265,7 +269,7 @@ class Grader:
 
         kill_uid(uid)
 
-    def _outputs(self, task, cases, entry, work):
+    def _outputs(self, task, cases, entry, out):
         """The outputs to judge for one task: what the kernel wrote, or an error output per case."""
         def failed(error):
             return [{"result": None, "args": case.get("args", []), "error": error} for case in cases]
@@ -275,10 +279,11 @@ class Grader:
         if entry["state"] != "ran":
             reason = {"timeout": "timed out", "died": "the kernel died", "hung": "timed out"}.get(entry["state"])
             return failed(f"not run: {entry['detail'] or reason or entry['state']}")
-        paths = [work / Path(entry[k]).name for k in ("json", "npz")]
-        for p in paths:  # the student's uid owns work/: refuse links it may have planted there
+        paths = [out / Path(entry[k]).name for k in ("json", "npz")]
+        for p in paths:  # the worker copied only regular files; check again all the same
             if not p.exists() or not stat.S_ISREG(os.lstat(p).st_mode):
-                return failed("grader: the task's output files are missing (did the code delete them?)")
+                return failed("grader: the task's output files are missing, or were links or over the size "
+                              "limit (did the code replace them?)")
         try:
             data = plain.load(*paths, max_bytes=MAX_OUTPUT_BYTES)
         except plain.PlainDataError as e:
@@ -292,12 +297,12 @@ class Grader:
             return failed("grader: the output file does not have the expected layout (was it tampered with?)")
         return outputs
 
-    def _judge(self, grade, chapter_tasks, cases, result, work):
+    def _judge(self, grade, chapter_tasks, cases, result, out):
         entries = result.get("tasks", {})
         for task in chapter_tasks:
             tg = TaskGrade(task.name, float(task.points))
             grade.tasks.append(tg)
-            outputs = self._outputs(task, cases[task.name], entries.get(task.name), work)
+            outputs = self._outputs(task, cases[task.name], entries.get(task.name), out)
             refused = [o["error"] for o in outputs if (o["error"] or "").startswith("grader:")]
             if refused:
                 grade.problems.append(("error", f"{task.name}: outputs refused: {refused[0][len('grader: '):]}"))
@@ -347,9 +352,9 @@ class Grader:
             self._kill_uid(uid)
             result_path = jobdir / "result.json"
             result = json.loads(result_path.read_text()) if result_path.exists() else {}
-            isolation_report = result.get("isolation", {})
-            grade.isolation = isolation_report.get("enforced", []) + [
-                f"not enforced: {p}" for p in isolation_report.get("problems", [])]
+            reports = [result.get("isolation", {}), result.get("work", {})]
+            grade.isolation = [x for r in reports for x in r.get("enforced", [])] + [
+                f"not enforced: {p}" for r in reports for p in r.get("problems", [])]
             if killed:
                 grade.problems.append(("timeout", f"the submission ran past its {self.submission_timeout:g} s limit"))
             elif returncode != 0 or result.get("kernel") == "start_failed":
@@ -372,7 +377,7 @@ class Grader:
                 grade.problems.append(("timeout", f"the submission's {self.submission_timeout:g} s time limit "
                                                   f"was reached before {skipped[0]}"))
             with self._task_lock:
-                self._judge(grade, chapter_tasks, cases, result, jobdir / "work")
+                self._judge(grade, chapter_tasks, cases, result, jobdir / "out")
         finally:
             if not self.keep_temp:
                 shutil.rmtree(jobdir, ignore_errors=True)

@@ -17,7 +17,8 @@ reach the kernel itself.
    normlab package, the system folders its shared libraries come from, the
    task's cases, all read-only; the submission's work folder, read-write;
    ``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``; private,
-   size-capped tmpfs at ``/tmp``, ``/var/tmp`` and ``/dev/shm``; a ``/proc``
+   size-capped tmpfs at ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (the work
+   folder itself is one too, put there by the worker); a ``/proc``
    that shows only the kernel's own processes (only under a private uid); an
    ``/etc`` with nothing but a two-line ``passwd`` and ``group``. Symbolic
    links on the way to an allowed path are copied as links. Then

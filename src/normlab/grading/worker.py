@@ -8,6 +8,13 @@ working folder. It records what happened in ``JOBDIR/result.json`` after every
 step, so that the grader still learns something if it has to kill the worker.
 It never judges anything: the grader does that in its own process.
 
+The work folder is the student's. As root, the worker first gives itself a
+mount namespace and puts a size-capped tmpfs on it (the kernel inherits it),
+so that many files under ``RLIMIT_FSIZE`` cannot fill the machine's disk
+either; it goes away with the worker. After each task, the worker copies the
+task's output files, if they are regular files within the size limit, into
+``JOBDIR/out``, where the grader reads them.
+
 A hung task costs only itself. The harness notes which call it is in; a call
 that outlives its limit (the harness's own alarm was caught and ignored) is
 interrupted, and if that does not stop it either, the kernel is killed, a
@@ -124,6 +131,48 @@ class Worker:
         self.client = None
         self.starts = 0
         self.cleanup = []  # folders outside the job folder to remove at the end
+        self.out = self.jobdir / "out"
+        self.out.mkdir(mode=0o700, exist_ok=True)
+
+    def cap_work_folder(self):
+        """As root: a private mount namespace with a tmpfs of ``work_mb`` on the work folder. Must run
+        before any thread starts (``unshare`` refuses a multi-threaded process)."""
+        size = self.job.get("work_mb")
+        if not size or os.getuid() != 0 or not self.job.get("namespaces", True):
+            return
+        from . import sandbox
+
+        notebook = self.work / self.job["notebook"]
+        try:
+            data = notebook.read_bytes()
+            sandbox._call(sandbox._libc.unshare, sandbox.CLONE_NEWNS)
+            sandbox._mount(None, "/", None, sandbox.MS_REC | sandbox.MS_PRIVATE)
+            sandbox._mount("tmpfs", str(self.work), "tmpfs", sandbox.MS_NOSUID | sandbox.MS_NODEV,
+                           f"size={int(size)}m,mode=700")
+            notebook.write_bytes(data)
+            self.result["work"] = {"enforced": [f"work folder: {size} MiB tmpfs"], "problems": []}
+        except OSError as e:
+            self.result["work"] = {"enforced": [], "problems": [f"work folder on disk, no size cap: {e}"]}
+
+    def export(self, stem):
+        """Copy one task's output files from the work folder into ``out/``: regular files only, never through
+        a link, at most the size the grader accepts. A file that fails this is left behind (the grader then
+        reports it missing)."""
+        limit = (self.job.get("fsize_mb") or 2**20) * 2**20
+        for suffix in (".json", ".npz"):
+            source = self.work / (stem + suffix)
+            try:
+                fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+                    continue
+                with os.fdopen(os.dup(fd), "rb") as src, open(self.out / (stem + suffix), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            finally:
+                os.close(fd)
 
     def save(self):
         tmp = self.jobdir / "result.json.tmp"
@@ -288,6 +337,7 @@ class Worker:
         return True
 
     def run(self):
+        self.cap_work_folder()
         self.save()
         if not self.start_kernel():
             self.save()
@@ -320,6 +370,8 @@ class Worker:
             state, detail = self.execute(code, budget, progress=progress, call_limit=cell_timeout)
             entry["state"], entry["detail"] = ("ran" if state == "ok" else state), detail
             entry["json"], entry["npz"] = str(out) + ".json", str(out) + ".npz"
+            if state == "ok":
+                self.export(out.name)
             if state in ("died", "hung") and task is not self.job["tasks"][-1]:
                 alive = self.restart(task["name"])  # the tasks after this one get a fresh kernel
                 entry["detail"] += ("; a fresh kernel ran the set-up again for the remaining tasks" if alive
