@@ -283,6 +283,68 @@ MUTANTS += [
 ]
 
 
+def _rms_forward(axis=-1, centre=False, eps_outside=False):
+    def mutant(x, gamma, eps=1e-6):
+        h = x - x.mean(axis=axis, keepdims=True) if centre else x
+        ms = (h ** 2).mean(axis=axis, keepdims=True)
+        return gamma * h / (np.sqrt(ms) + eps if eps_outside else np.sqrt(ms + eps))
+    return mutant
+
+
+def _rms_backward(extra_mean=False, constant=False, axis=-1):
+    """The RMSNorm gradient written out, with one mistake."""
+    def mutant(dy, x, gamma, eps=1e-6):
+        rms = np.sqrt((x ** 2).mean(axis=axis, keepdims=True) + eps)
+        x_hat = x / rms
+        g = dy * gamma
+        dgamma = (dy * x_hat).reshape(-1, x.shape[-1]).sum(axis=0)
+        if constant:
+            return g / rms, dgamma
+        dx = g - x_hat * (g * x_hat).mean(axis=axis, keepdims=True)
+        if extra_mean:
+            dx = dx - g.mean(axis=axis, keepdims=True)
+        return dx / rms, dgamma
+    return mutant
+
+
+def _block_mutant(wiring):
+    def ln(h, gamma, beta, eps):
+        return gamma * (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + eps) + beta
+
+    def mix(h, w):
+        return (np.cumsum(h, axis=1) / np.arange(1, h.shape[1] + 1)[:, None]) @ w
+
+    def mutant(x, p, eps=1e-5):
+        n1 = lambda h: ln(h, p["gamma1"], p["beta1"], eps)  # noqa: E731
+        n2 = lambda h: ln(h, p["gamma2"], p["beta2"], eps)  # noqa: E731
+        f1 = lambda h: mix(h, p["w_mix"])  # noqa: E731
+        f2 = lambda h: np.maximum(h @ p["w1"], 0) @ p["w2"]  # noqa: E731
+        if wiring == "post":
+            h = n1(x + f1(x))
+            return n2(h + f2(h))
+        if wiring == "normalized skip":
+            h = n1(x)
+            h = h + f1(h)
+            h = n2(h)
+            return h + f2(h)
+        h = x + f1(n1(x))  # wiring == "second reads x"
+        return h + f2(n2(x))
+    return mutant
+
+
+MUTANTS += [
+    ("rms_norm_forward", _rms_forward(centre=True), "centring"),
+    ("rms_norm_forward", _rms_forward(eps_outside=True), "eps outside the sqrt"),
+    ("rms_norm_forward", _rms_forward(axis=-2), "over the tokens (axis T)"),
+    ("rms_norm_backward", _rms_backward(extra_mean=True), "centring"),
+    ("rms_norm_backward", _rms_backward(constant=True), "as a constant"),
+    ("rms_norm_backward", _rms_backward(axis=-2), "over the tokens (axis T)"),
+    ("pre_ln_block", _block_mutant("post"), "normalizes after the residual add"),
+    ("pre_ln_block", _block_mutant("normalized skip"), "skip connection carries the normalized x"),
+    ("pre_ln_block", _block_mutant("second reads x"), "second sublayer reads the block's input"),
+]
+
+
 def _expected_values(task):
     """Every value the reference produces for ``task``, to make sure no hint prints one."""
     values = []
@@ -389,7 +451,7 @@ def test_to_plain_converts_torch_and_containers():
 def test_task_interface_for_the_grader():
     """What `normlab grade` relies on: names, functions, points, and judging outputs made elsewhere."""
     assert set(TASKS) == {name for name in TASKS if callable(getattr(check, name))}
-    assert {1, 2, 3, 4, 5, 6, 8} <= {t.chapter for t in TASKS.values()}
+    assert {1, 2, 3, 4, 5, 6, 7, 8} <= {t.chapter for t in TASKS.values()}
     for name, task in TASKS.items():
         assert task.name == name and task.function and task.points > 0
     task = TASKS["update_running_stats"]

@@ -9,11 +9,11 @@ a recognised classic mistake; they never print the expected values.
 The instructor's grader uses the same `Task` objects (``TASKS``) but calls the
 student's function in another process, then judges here.
 """
-from . import ch1, ch2, ch3, ch4, ch5, ch6, ch8, ch9
+from . import ch1, ch2, ch3, ch4, ch5, ch6, ch7, ch8, ch9
 from .ch3 import GRADCHECK_TARGETS, gradcheck_target
 from ._task import ArrayTask, Check, Report, Task, check_and_print, run, summary, to_plain
 
-TASKS = {task.name: task for module in (ch1, ch2, ch3, ch4, ch5, ch6, ch8, ch9) for task in module.TASKS}
+TASKS = {task.name: task for module in (ch1, ch2, ch3, ch4, ch5, ch6, ch7, ch8, ch9) for task in module.TASKS}
 
 
 def tasks_for_chapter(chapter):
