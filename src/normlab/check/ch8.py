@@ -59,7 +59,7 @@ class DropoutForward(ArrayTask):
             (TRAIN_UNSCALED, lambda *a, **k: (x * keep,)),
             (KEEP_PROBABILITY, lambda *a, **k: (x * (u < p) / p,)),
             (KEEP_PROBABILITY + " (the scale 1/p)", lambda *a, **k: (x * keep / p,)),
-            ("the mask is the wrong way round: an element is dropped where u < p",
+            ("the mask is the wrong way round: the kept and the dropped elements are swapped",
              lambda *a, **k: (x * (u < p) / (1 - p),)),
         ]
 
@@ -146,7 +146,7 @@ class LocalResponseNormForward(ArrayTask):
             ("LRN window off by one: it spans size - 1 channels", variant(max(before - 1, 0), after)),
             ("LRN window off by one: it sits one channel late", variant(before - 1, after + 1)),
             ("LRN window: size was used as a radius, as TensorFlow's depth_radius is", variant(size, size)),
-            ("alpha is not divided by size (the AlexNet paper's and TensorFlow's form; torch divides)",
+            ("alpha is not divided by size, as in the AlexNet paper's and TensorFlow's form",
              variant(before, after, over_size=False)),
         ]
 
