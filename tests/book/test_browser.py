@@ -2,7 +2,9 @@
 
 For every page listed in ``_toc.yml`` this checks what a reader would notice:
 the page loads, MathJax turned every equation into ``mjx-container`` elements (and no raw
-TeX delimiters are left), every ``<img>`` decoded, and no request left ``localhost``
+TeX delimiters are left), every ``<img>`` decoded, no code cell scrolls sideways at 1440 px
+(folded cells are unfolded for the check), no test marker (``NBVAL``) shows in the text,
+and no request left ``localhost``
 (the book must work offline: no CDN, web font or inventory). A full-page screenshot of each
 page is kept under ``test-artifacts/screenshots/`` for a human to look at.
 
@@ -157,6 +159,20 @@ return main.innerText;
 """
 
 
+# Code cells whose code is wider than its box (it would scroll sideways). Folded cells
+# (hide-input: <details>) are opened for the measurement and closed again afterwards.
+OVERFLOWING_CODE_CELLS = """
+const folded = Array.from(document.querySelectorAll('main details:not([open])'));
+folded.forEach((d) => { d.open = true; });
+const wide = Array.from(document.querySelectorAll('main .cell_input pre'))
+  .filter((pre) => pre.scrollWidth > pre.clientWidth + 1)
+  .map((pre) => ({width: pre.scrollWidth, box: pre.clientWidth,
+                  line: pre.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '')}));
+folded.forEach((d) => { d.open = false; });
+return wide;
+"""
+
+
 # Resolves once web fonts are in and two frames have been painted, scrolled to the top-left.
 SETTLE = """
 const done = arguments[arguments.length - 1];
@@ -214,6 +230,15 @@ def test_page_renders_offline(browser, server, page):
     if raw:
         snippet = next(line for line in prose.splitlines() if any(d in line for d in raw))
         pytest.fail(f"{page}: raw TeX {raw} left in the rendered text, e.g. {snippet!r}")
+
+    # What a reader sees must hold no test marker: they live in cell tags, not in the text.
+    visible = browser.execute_script("return document.body.innerText")
+    markers = [line.strip() for line in visible.splitlines() if "NBVAL" in line]
+    assert not markers, f"{page}: test markers visible to the reader: {markers[:5]}"
+    # At 1440 px no code cell may scroll sideways (code lines <= 88 characters, DESIGN.md).
+    browser.execute_async_script(SETTLE)
+    wide = browser.execute_script(OVERFLOWING_CODE_CELLS)
+    assert not wide, f"{page}: {len(wide)} code cells scroll sideways at {WINDOW[0]} px, e.g. {wide[:3]}"
 
     images = browser.execute_async_script(WAIT_FOR_IMAGES)
     broken = [img["src"] for img in images if not img["ok"]]
