@@ -122,3 +122,14 @@ def test_bad_input_is_a_value_error_and_leaves_the_generator_alone():
         dropout_backward(np.ones((3, 2)), cache)
     with pytest.raises(ValueError, match="rng"):
         dropout_forward(np.ones(3), 0.5, rng="seed")
+
+
+def test_array_api_strict_input_stays_in_its_library():
+    """No NumPy-only call: an array-api-strict input gives an array-api-strict output and gradient."""
+    xps = pytest.importorskip("array_api_strict")
+    x_np = _nonzero_input(np.random.default_rng(10), (4, 5))
+    x = xps.asarray(x_np)
+    y, cache = dropout_forward(x, 0.5, rng=3)
+    dx = dropout_backward(xps.asarray(np.ones((4, 5))), cache)
+    assert type(y) is type(x) and type(dx) is type(x)
+    np.testing.assert_allclose(np.asarray(y._array), dropout_forward(x_np, 0.5, rng=3)[0])
