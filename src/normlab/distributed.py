@@ -276,16 +276,18 @@ class WorkerError(RuntimeError):
 def launch(fn, world_size, *args, timeout=120.0, collective_timeout=30.0, backend="gloo", threads=1):
     """Run ``fn(*args)`` on ``world_size`` new processes that form one ``torch.distributed`` group.
 
-    Each process is started with the ``spawn`` method (so ``fn`` must be importable:
-    a function of a module, not of a notebook), joins a group through a file
-    rendezvous in a fresh temporary folder (gloo traffic stays on the loopback
-    interface), runs with ``threads`` torch threads and returns ``fn``'s value. Returns the values by rank.
+    Each process is a fresh interpreter, forked from a server that has imported torch
+    once (the ``forkserver`` start method; ``spawn`` where that is missing), so
+    ``fn`` must be importable: a function of a module, not of a notebook. It joins a
+    group through a file rendezvous in a fresh temporary folder (gloo traffic stays
+    on the loopback interface), runs with ``threads`` torch threads and returns
+    ``fn``'s value. Returns the values by rank.
     Every collective waits at most ``collective_timeout`` seconds, and the whole run at most ``timeout``;
     a rank that raises, dies or runs out of time makes this raise `WorkerError`.
     """
     if not (isinstance(world_size, int) and world_size >= 1):
         raise ValueError(f"launch: world_size must be a positive int, got {world_size!r}")
-    context = torch.multiprocessing.get_context("spawn")
+    context = _start_context()
     with tempfile.TemporaryDirectory(prefix="normlab-dist-") as folder:
         processes = [context.Process(target=_run_rank, daemon=True,
                                      args=(fn, args, rank, world_size, folder, backend, collective_timeout, threads))
@@ -312,6 +314,15 @@ def launch(fn, world_size, *args, timeout=120.0, collective_timeout=30.0, backen
     if any(kind != "ok" for kind, _ in outcomes):
         raise WorkerError(outcomes)
     return [value for _, value in outcomes]
+
+
+def _start_context():
+    if "forkserver" not in torch.multiprocessing.get_all_start_methods():
+        return torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("forkserver")
+    # Imported once by the server (at its first use), not again by every process it forks.
+    context.set_forkserver_preload(["torch", "torch.distributed", "normlab.distributed"])
+    return context
 
 
 def _run_rank(fn, args, rank, world_size, folder, backend, collective_timeout, threads):
