@@ -69,11 +69,25 @@ def _free_cores():
     try:
         with open("/proc/stat", "rb") as f:
             running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+        ours = _own_running_threads()
     except (OSError, StopIteration, ValueError):
         return TASKS
-    others = max(running - 1, 0)  # this thread is one of the runnable ones
+    # Our own pool's threads spin for a while after a launch and count as runnable: only others' count.
+    others = max(running - max(ours, 1), 0)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(TASKS, cores - others))
+
+
+def _own_running_threads():
+    """Threads of this process that are runnable now (Linux: state R in /proc/self/task/*/stat)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                count += f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+        except (OSError, IndexError):
+            pass
+    return count
 
 
 @contextlib.contextmanager
