@@ -49,6 +49,11 @@ class Layout:
     plan: Plan  # the same reduction in the fast paths' (N, C, S) picture
     centre: bool = True  # False: no mean is subtracted, and the "variance" is the mean square
 
+    @property
+    def stat_shape(self):
+        """The shape of one statistic array: ``view_shape`` with the reduced axes kept as 1."""
+        return tuple(1 if i in self.reduce else n for i, n in enumerate(self.view_shape))
+
 
 def _per_channel(shape):
     return (1, shape[1]) + (1,) * (len(shape) - 2)

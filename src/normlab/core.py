@@ -88,7 +88,7 @@ def normalize(x, layout, weight=None, bias=None, *, eps, stats=None):
 
     if stats is None:
         if numel(x.shape) == 0:  # nothing to average: torch returns an empty output and no update
-            zeros = xp.zeros(_stat_shape(layout), dtype=ctype, device=device(x))
+            zeros = xp.zeros(layout.stat_shape, dtype=ctype, device=device(x))
             mean, var, centered = zeros, zeros, xv
         else:
             mean, var, centered = compute_stats(xv, layout.reduce, layout.centre)
@@ -151,10 +151,6 @@ def normalize_backward(dy, cache):
         g = g - projection
     dx = xp.reshape(g * c.rstd, c.input_shape)
     return xp.astype(dx, c.input_dtype, copy=False), dweight, dbias
-
-
-def _stat_shape(layout):
-    return tuple(1 if i in layout.reduce else n for i, n in enumerate(layout.view_shape))
 
 
 def _param_reduce_axes(ndim, param_shape):

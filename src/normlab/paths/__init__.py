@@ -4,8 +4,8 @@
 Array API library. A fast path computes the same result with fewer passes
 over memory, which is what decides the speed of a normalization (it does about
 ten flops per element, too few to keep a processor busy while it waits for
-memory). Each path declares what it `Coverage` s: the array library, the
-dtypes, the input ranks, and which `Case` s of a layout (one statistic per
+memory). Each path declares its `Coverage`: the array library, the dtypes,
+the input ranks, and which `Case` of a layout it takes (one statistic per
 channel or per row; centred or not; statistics of the input or constants).
 `select` is the only place where a path is chosen; `select_backward` hands a
 path's own cache back to it. A new norm is a `normlab.axes.Layout`, and every
@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..kernels.cupy_batch_norm import is_cupy_array
 
 enabled = os.environ.get("NORMLAB_FAST_PATHS", "1") != "0"
 """False: every call takes the generic core."""
@@ -106,6 +108,6 @@ def select_backward(dy, cache):
 def _library(a):
     if type(a) is np.ndarray:  # not a subclass (np.matrix, masked arrays): those keep the generic path
         return "numpy"
-    if type(a).__module__.split(".")[0] == "cupy" and type(a).__name__ == "ndarray":
+    if is_cupy_array(a):
         return "cupy"
     return "other"

@@ -79,7 +79,8 @@ class CompiledCache:
     @property
     def rstd(self):
         """1/sqrt(var + eps) in the generic cache's shape (broadcastable against ``xhat``)."""
-        return self.rstd64.astype(self.x.dtype).reshape(_stat_shape(self.layout, self.batch_stats))
+        shape = self.layout.stat_shape if self.batch_stats else self.layout.param_shape  # as the core's
+        return self.rstd64.astype(self.x.dtype).reshape(shape)
 
     @property
     def weight(self):
@@ -128,7 +129,7 @@ class NumbaPath:
                               weight_shape=() if params is None else tuple(params.shape))
         batch = None
         if stats is None:
-            batch = tuple(a.astype(ctype).reshape(_stat_shape(layout, True)) for a in (mean, var))
+            batch = tuple(a.astype(ctype).reshape(layout.stat_shape) for a in (mean, var))
         return y.reshape(x.shape).astype(x.dtype, copy=False), cache, batch
 
     def backward(self, dy, cache):
@@ -153,13 +154,6 @@ PATH = NumbaPath()
 def _view(a, plan):
     """``a`` as the kernels see it: (N, C, S) per channel, or one row per (sample, group)."""
     return a.reshape(plan.n, plan.c, plan.s) if plan.per_channel else a.reshape(plan.n * plan.groups, -1)
-
-
-def _stat_shape(layout, batch_stats):
-    """The shape of a statistic in the generic core (its view shape with the reduced axes kept as 1)."""
-    if not batch_stats:
-        return tuple(layout.param_shape)
-    return tuple(1 if i in layout.reduce else n for i, n in enumerate(layout.view_shape))
 
 
 def _param_grad(summed, cache):
