@@ -7,6 +7,7 @@ from normlab import nn as nlnn
 
 from .helpers import TIGHT, randomize_torch_module
 
+
 @pytest.mark.parametrize("momentum", [None, 0.0, 0.3, 1.0])
 def test_float64_batch_norm_steps_match_torch(momentum, rng):
     theirs = randomize_torch_module(torch.nn.BatchNorm2d(3, momentum=momentum, dtype=torch.float64), rng)
