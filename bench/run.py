@@ -28,7 +28,12 @@ How it measures, and why:
   memory: the minimum when one statistic's values (x, and dy in the backward)
   fit in a core's L2 cache, more when the kernels must read them again;
   ``pass limit`` is the time those passes take at memcpy speed divided by the
-  measured time (1.0: as fast as the algorithm can be on this machine).
+  measured time (1.0: as fast as the algorithm can be on this machine);
+- ``+ fresh pages`` adds to that limit what the operating system spends on
+  each output array the pass allocates (y, dx): a new array's memory comes
+  from the kernel as zeroed pages, which costs about a further write pass.
+  It is measured here, as filling a new array minus filling an existing one
+  on normlab's threads; only inputs over 32 MiB get a new array's pages.
 
 ``--contended`` runs the table a second time with a busy process beside it
 (one Python loop per spare core is not what users have; one busy process is).
@@ -56,6 +61,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PASSES = ("forward", "backward", "forward+backward")
 # Full-size arrays each pass must at least move (see the module docstring).
 ARRAYS_MOVED = {"forward": 2, "backward": 3, "forward+backward": 5}
+OUTPUTS_ALLOCATED = {"forward": 1, "backward": 1, "forward+backward": 2}  # y, dx
+# Smaller arrays reuse memory that malloc keeps (its mmap threshold is at most 32 MiB): no new pages.
+FRESH_PAGES_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -237,6 +245,21 @@ def memcpy_bandwidth(nbytes, repeats=7):
     return 2 * src.nbytes / t
 
 
+def fresh_page_cost(nbytes, repeats=7):
+    """Seconds per byte that a newly allocated array costs over an existing one (page faults, zeroing),
+    when it is first written by as many threads as normlab's kernels use."""
+    import numba
+
+    @numba.njit(parallel=True, cache=False)
+    def fill(a):
+        for i in numba.prange(a.shape[0]):
+            a[i] = 1.0
+
+    existing = np.empty(nbytes // 4, dtype=np.float32)
+    new, old = sample_interleaved([lambda: fill(np.empty_like(existing)), lambda: fill(existing)], repeats)
+    return max(min(new) - min(old), 0.0) / nbytes
+
+
 def matmul_flops(n=1024, repeats=7):
     """Floating-point operations per second of a float32 n×n matrix product (BLAS, all cores): the peak
     arithmetic rate that a memory-bound operation never gets near."""
@@ -312,6 +335,7 @@ def run(repeats, only=None, contended=False):
     machine = machine_description()
     copy_bw = memcpy_bandwidth(256 * 2**20)
     copy_bw_small = memcpy_bandwidth(8 * 2**20)  # the size of the largest input: it fits in the L3 cache
+    fresh_cost = fresh_page_cost(256 * 2**20)
     flops = matmul_flops()
     cases = [c for c in make_cases(rng) if not only or only.lower() in c.op.lower()]
     result = {
@@ -321,12 +345,13 @@ def run(repeats, only=None, contended=False):
         "memcpy_bytes_per_s": copy_bw,
         "memcpy_array_bytes": 256 * 2**20,
         "memcpy_8MiB_bytes_per_s": copy_bw_small,
+        "fresh_output_s_per_byte": fresh_cost,
         "matmul_flops_per_s": flops,
-        "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"]),
+        "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"], fresh_cost),
     }
     if contended:
         with busy_process():
-            result["contended_rows"] = table(cases, repeats, copy_bw, machine["l2_cache_bytes"])
+            result["contended_rows"] = table(cases, repeats, copy_bw, machine["l2_cache_bytes"], fresh_cost)
     result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
 
@@ -346,7 +371,7 @@ class busy_process:
         self.process.wait()
 
 
-def table(cases, repeats, copy_bw, l2_bytes):
+def table(cases, repeats, copy_bw, l2_bytes, fresh_cost):
     rows = []
     for case in cases:
         with_generic = math.prod(case.shape) <= GENERIC_MAX_ELEMENTS
@@ -376,6 +401,8 @@ def table(cases, repeats, copy_bw, l2_bytes):
                 "min_bytes": moved,
                 "passes": None if passes is None else passes[name],
                 "pass_limit_fraction": None if passes is None else passes[name] * array_bytes / copy_bw / t_nl,
+                "fresh_limit_fraction": None if passes is None or array_bytes < FRESH_PAGES_BYTES else (
+                    passes[name] * array_bytes / copy_bw + OUTPUTS_ALLOCATED[name] * array_bytes * fresh_cost) / t_nl,
                 "generic_ms": None if t_np is None else t_np * 1e3,
                 "generic_ratio": None if t_np is None else t_np / t_torch,
             })
@@ -385,16 +412,17 @@ def table(cases, repeats, copy_bw, l2_bytes):
 def format_table(rows):
     lines = [
         "| op | shape | pass | normlab ms | torch ms | normlab/torch | fastest: normlab/torch "
-        "| normlab BW/memcpy | torch BW/memcpy | passes | pass limit | generic/torch |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| normlab BW/memcpy | torch BW/memcpy | passes | pass limit | + fresh pages | generic/torch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         limit = "" if r["pass_limit_fraction"] is None else f"{r['pass_limit_fraction']:.2f}"
+        fresh = "" if r.get("fresh_limit_fraction") is None else f"{r['fresh_limit_fraction']:.2f}"
         generic = "" if r["generic_ratio"] is None else f"{r['generic_ratio']:.2f}"
         lines.append(
             f"| {r['op']} | {tuple(r['shape'])} | {r['pass']} | {r['normlab_ms']:.3f} | {r['torch_ms']:.3f} "
             f"| {r['ratio']:.2f} | {r['best_ratio']:.2f} | {r['normlab_bw_fraction']:.2f} "
-            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {generic} |"
+            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {fresh} | {generic} |"
         )
     return "\n".join(lines)
 
@@ -426,7 +454,8 @@ def main(argv=None):
     print(f"{m['cpu']}, {m['logical_cores']} cores, numpy {m['numpy']}, torch {m['torch']} "
           f"({m['torch_threads']} threads), {kernels}, {m['date']}")
     print(f"memcpy of 256 MiB: {result['memcpy_bytes_per_s'] / 1e9:.1f} GB/s, of 8 MiB: "
-          f"{result['memcpy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s (read + write); float32 matmul: "
+          f"{result['memcpy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s (read + write); a new 256 MiB array's pages: "
+          f"{result['fresh_output_s_per_byte'] * 2**28 * 1e3:.1f} ms; float32 matmul: "
           f"{result['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s; load average {m['load_average_at_start'][0]:.1f} "
           f"at start, {result['load_average_at_end'][0]:.1f} at end\n")
     print(format_table(result["rows"]))
