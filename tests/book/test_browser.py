@@ -226,7 +226,7 @@ def test_page_renders_offline(browser, server, page):
         assert not errors, f"{page}: MathJax TeX errors {errors}"
     # Prose (code and outputs removed) must hold no TeX delimiter that MathJax failed to pick up.
     prose = browser.execute_script(PROSE_TEXT)
-    # (LaTeX text commands too: a bibliography field such as \\texttt{...} is printed as it stands.)
+    # (LaTeX text commands too: a bibliography field such as \texttt{...} is printed as it stands.)
     raw = [d for d in ("$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\texttt", "\\url",
                        "\\emph", "\\textit", "\\textbf") if d in prose]
     if raw:
