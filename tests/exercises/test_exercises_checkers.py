@@ -493,3 +493,163 @@ def test_sgd_step_reference_is_torchs_sgd_with_decay_on_weights_only():
         opt.step()
         for n, t in tensors.items():
             np.testing.assert_allclose(t.detach().numpy(), expected[n], rtol=1e-12, atol=1e-12)
+
+
+# --- issue 15: hints that name the mistake and never print the fix ----------------------------------------------
+
+def _staged(dmean=True, ddof=0, eps_outside=False, axis=0):
+    """A student's staged BatchNorm backward, with one mistake."""
+    def mutant(dy, x, gamma, eps=1e-5):
+        n = x.shape[axis]
+        xc = x - x.mean(axis=axis, keepdims=True)
+        var = (xc ** 2).sum(axis=axis, keepdims=True) / (n - ddof)
+        std = np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps)
+        x_hat = xc / std
+        dx_hat = dy * gamma
+        dstd = -(dx_hat * xc).sum(axis=axis, keepdims=True) / std ** 2
+        dvar = dstd * 0.5 / std
+        dxc = dx_hat / std + 2.0 * xc / n * dvar
+        dx = dxc - dxc.mean(axis=axis, keepdims=True) if dmean else dxc
+        return dx, (dy * x_hat).sum(axis=0), dy.sum(axis=0)
+    return mutant
+
+
+def _running_n_is_batch(running_mean, running_var, x, momentum=0.1):
+    axes = (0,) + tuple(range(2, x.ndim))
+    n = x.shape[0]
+    running_mean[...] = (1 - momentum) * running_mean + momentum * x.mean(axis=axes)
+    running_var[...] = (1 - momentum) * running_var + momentum * x.var(axis=axes) * n / (n - 1)
+
+
+def _running_wrong_axis(running_mean, running_var, x, momentum=0.1):
+    running_mean[...] = (1 - momentum) * running_mean + momentum * x.mean(axis=1)
+    running_var[...] = (1 - momentum) * running_var + momentum * x.var(axis=1, ddof=1)
+
+
+def _conv_n_is_batch(x, g, b, eps=1e-5):
+    n = x.shape[0]
+    mean = x.sum(axis=(0, 2, 3), keepdims=True) / n
+    var = ((x - mean) ** 2).sum(axis=(0, 2, 3), keepdims=True) / n
+    return _channel(g, 4) * (x - mean) / np.sqrt(var + eps) + _channel(b, 4)
+
+
+def _eval_no_affine(x, running_mean, running_var, gamma, beta, eps=1e-5):
+    return (x - _channel(running_mean, x.ndim)) / np.sqrt(_channel(running_var, x.ndim) + eps)
+
+
+def _eval_last_axis(x, running_mean, running_var, gamma, beta, eps=1e-5):
+    return gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta  # broadcasts along the last axis
+
+
+def _fold_no_beta(weight, bias, running_mean, running_var, gamma, beta, eps=1e-5):
+    scale = gamma / np.sqrt(running_var + eps)
+    return weight * scale[:, None], (bias - running_mean) * scale
+
+
+def _eval_divides_by_var(x, running_mean, running_var, gamma, beta, eps=1e-5):
+    x_hat = (x - _channel(running_mean, x.ndim)) / (_channel(running_var, x.ndim) + eps)
+    return _channel(gamma, x.ndim) * x_hat + _channel(beta, x.ndim)
+
+
+def _ema_new_side(values, decay=0.9):
+    return _ema_mutant(new_side=True)(values, decay)
+
+
+# fragments of the corrected formulas: a hint that names a mistake must not contain any of them
+FIXES = ["sqrt(var + eps)", "sqrt(running_var + eps)", "sum(dy * x_hat)", "sum(dy)", "(1 - momentum)",
+         "(1 - decay)", "1 - decay**t", "+ beta", "/ 2h", "f(x-h)", "p / (p + meas_var)", "(N, G, C/G",
+         "running_mean[...]", "dmean / n", "/ n"]
+
+NAMED = [
+    ("batch_norm_backward_staged", _staged(dmean=False), "missing the dmean term"),
+    ("batch_norm_backward_staged", _staged(ddof=1), "unbiased variance"),
+    ("batch_norm_backward_compact", _staged(ddof=1), "unbiased variance"),
+    ("batch_norm_backward_staged", _staged(eps_outside=True), "eps outside the sqrt"),
+    ("batch_norm_backward_staged", _staged(axis=1), "wrong axis"),
+    ("batch_norm_conv", _conv_n_is_batch, "n = N"),
+    ("update_running_stats", _running_n_is_batch, "n = N"),
+    ("update_running_stats", _running_wrong_axis, "wrong axis"),
+    ("update_running_stats", _running_update(old_side=True), "momentum applied to the old value"),
+    ("update_running_stats", _running_update(rebind=True), "in place"),
+    ("batch_norm_eval", _eval_no_affine, "without the affine map"),
+    ("batch_norm_eval", _eval_last_axis, "wrong axis"),
+    ("batch_norm_eval", _eval_eps_outside, "eps outside the sqrt"),
+    ("batch_norm_eval", _eval_divides_by_var, "divided by the variance"),
+    ("fold_linear", _fold_no_beta, "without beta"),
+    ("batch_norm_backward_staged", _swap_last_two(lambda *a, **k: sol("batch_norm_backward_staged")(*a, **k)),
+     "dgamma and dbeta swapped"),
+    ("group_norm_backward", _swap_last_two(lambda *a, **k: sol("group_norm_backward")(*a, **k)),
+     "dgamma and dbeta swapped"),
+    ("ema_bias_corrected", _ema_new_side, "decay applied to the new value"),
+    ("ema_bias_corrected", _ema_mutant(correct=False), "no bias correction"),
+    ("group_norm_forward", _group_norm_interleaved, "interleaved groups"),
+]
+
+
+@pytest.mark.parametrize("name, mutant, phrase", NAMED, ids=[f"{m[0]}:{m[2]}" for m in NAMED])
+def test_mistake_is_named_without_printing_the_fix(name, mutant, phrase):
+    checks = run(TASKS[name], mutant)
+    failed = [c for c in checks if not c.passed]
+    assert failed, f"{name} did not catch: {phrase}"
+    assert any(phrase in c.message for c in failed), [c.message for c in failed]
+    for c in failed:
+        assert not [fix for fix in FIXES if fix in c.message], c.message
+
+
+def test_eps_outside_the_sqrt_is_named_on_every_float64_case_of_the_backward():
+    """Its error there is only ~1e-5 relative, yet each float64 dx is named, not a bare max abs error."""
+    checks = run(TASKS["batch_norm_backward_staged"], _staged(eps_outside=True))
+    dx64 = [c for c in checks if "float64" in c.name and c.name.endswith(": dx")]
+    assert dx64 and all(not c.passed and c.message.startswith("eps outside the sqrt") for c in dx64)
+    err = [float(re.search(r"max abs error (\S+) ", c.message).group(1)) for c in dx64]
+    assert max(err) < 1e-3  # the small error the issue describes
+
+
+def test_float32_level_error_in_a_float64_case_says_so():
+    def in_float32(x, g, b, eps=1e-5):
+        return sol("batch_norm_forward")(x.astype(np.float32), g.astype(np.float32), b.astype(np.float32), eps)
+
+    checks = run(TASKS["batch_norm_forward"], in_float32)
+    failed = [c for c in checks if not c.passed]
+    assert failed and all("float64" in c.name and "float32-level error" in c.message for c in failed)
+
+    def far_off(x, g, b, eps=1e-5):
+        return sol("batch_norm_forward")(x, g, b, eps) + 0.1
+
+    assert not any("float32-level" in c.message for c in run(TASKS["batch_norm_forward"], far_off))
+
+
+def _grad_check_with(difference, weighted=True):
+    def mutant(name, x, seed, h=1e-5):
+        target = check.gradcheck_target(name)
+        dy = np.random.default_rng(seed).standard_normal(x.shape)
+        w = dy if weighted else np.ones_like(dy)
+        numeric = np.zeros_like(x)
+        for i in np.ndindex(*x.shape):
+            xp, xm = x.copy(), x.copy()
+            xp[i] += h
+            xm[i] -= h if difference == "central" else 0.0
+            numeric[i] = (np.sum(target.forward(xp) * w) - np.sum(target.forward(xm) * w)) / (
+                2 * h if difference == "central" else h)
+        return nl_rel_error(target.backward(x, dy), numeric), dy
+    return mutant
+
+
+def nl_rel_error(a, b):
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def test_grad_check_verdict_hint_fits_the_target_and_the_method():
+    one_sided = [c for c in run(TASKS["grad_check"], _grad_check_with("forward")) if not c.passed]
+    assert one_sided and all("one-sided" in c.message for c in one_sided if "verdict" in c.name)
+    # a central-difference check with a different bug is not told to use central differences
+    unweighted = [c for c in run(TASKS["grad_check"], _grad_check_with("central", weighted=False))
+                  if not c.passed and "verdict" in c.name]
+    assert unweighted
+    for c in unweighted:
+        assert "central" not in c.message and "one-sided" not in c.message
+        target = re.search(r"target '(\w+)'", c.name).group(1)
+        if target == "layer_norm":
+            assert "layer_norm backward" in c.message and "BN" not in c.message
+    ones = [c for c in run(TASKS["grad_check"], _grad_check_all_ones) if not c.passed and c.name.endswith("dy")]
+    assert ones and all("BN" not in c.message and "all-ones" in c.message for c in ones)

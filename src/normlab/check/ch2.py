@@ -37,16 +37,28 @@ class BatchNormForward(ArrayTask):
 
     def mistakes(self, x, gamma, beta, eps=1e-5):
         return [
-            ("eps outside the sqrt: divide by sqrt(var + eps), not sqrt(var) + eps",
+            ("eps outside the sqrt",
              lambda x, g, b, eps=eps: (_wrong.normalize(x, 0, g, b, eps=eps, eps_outside=True),)),
             ("biased variance expected: normalize with the batch variance dividing by N, not N-1",
              lambda x, g, b, eps=eps: (_wrong.normalize(x, 0, g, b, eps=eps, ddof=1),)),
             ("wrong axes: you normalised each sample over its features (axis 1); BatchNorm averages over the "
              "batch (axis 0), one statistic per feature",
              lambda x, g, b, eps=eps: (_wrong.normalize(x, 1, g, b, eps=eps),)),
-            ("gamma and beta swapped: y = gamma * x_hat + beta",
+            ("gamma and beta swapped",
              lambda x, g, b, eps=eps: (_wrong.normalize(x, 0, b, g, eps=eps),)),
         ]
+
+
+N_NOT_NHW = "n = N: each channel of a 4-D input has N*H*W values, not N"
+
+
+def _over_batch_size(x, gamma, beta, eps, mean_too):
+    """Channel statistics as sums over (N, H, W) divided by N alone (only the variance's, or both)."""
+    x = np.asarray(x, np.float64)
+    n, axes = x.shape[0], (0, 2, 3)
+    mean = x.sum(axis=axes, keepdims=True) / n if mean_too else x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).sum(axis=axes, keepdims=True) / n
+    return _wrong.affine((x - mean) / np.sqrt(var + eps), gamma, beta)
 
 
 class BatchNormConv(ArrayTask):
@@ -79,8 +91,10 @@ class BatchNormConv(ArrayTask):
              "averages over the batch axis", wrong((2, 3))),
             ("wrong axes: you averaged over the batch axis only, giving one statistic per (c, h, w) position; "
              "a conv BatchNorm also averages over H and W", wrong(0)),
-            ("eps outside the sqrt: divide by sqrt(var + eps), not sqrt(var) + eps",
+            ("eps outside the sqrt",
              lambda x, g, b, eps=eps: (_wrong.normalize(x, (0, 2, 3), g, b, eps=eps, eps_outside=True),)),
+            (N_NOT_NHW, lambda x, g, b, eps=eps: (_over_batch_size(x, g, b, eps, mean_too=True),)),
+            (N_NOT_NHW, lambda x, g, b, eps=eps: (_over_batch_size(x, g, b, eps, mean_too=False),)),
         ]
 
 

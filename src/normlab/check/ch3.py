@@ -2,6 +2,7 @@
 import numpy as np
 
 import normlab as nl
+from normlab.gradcheck import rel_error
 
 from ._task import ArrayTask, Check, Task, case_label
 
@@ -16,6 +17,35 @@ def _stats(x, eps):
     x = np.asarray(x, np.float64)
     rstd = 1.0 / np.sqrt(x.var(axis=0) + eps)
     return (x - x.mean(axis=0)) * rstd, rstd
+
+
+def _staged_backward(dy, x, gamma, eps, *, axis=0, ddof=0, dvar_ddof=0, dmean_term=True, eps_outside=None):
+    """The staged BatchNorm backward with one classic mistake switched on (never used as a reference).
+
+    ``ddof`` divides the forward's variance by n - ddof, ``dvar_ddof`` the variance's own derivative;
+    ``eps_outside`` is ``"exact"`` (the true gradient of a forward with sqrt(var) + eps) or ``"naive"``
+    (that std plugged into the right chain, as when only the forward line is changed).
+    """
+    dy, x, gamma = (np.asarray(a, np.float64) for a in (dy, x, gamma))
+    n = x.shape[axis]
+    xc = x - x.mean(axis=axis, keepdims=True)
+    var = (xc ** 2).sum(axis=axis, keepdims=True) / (n - ddof)
+    std = np.sqrt(var) + eps if eps_outside else np.sqrt(var + eps)
+    x_hat = xc / std
+    g = dy * gamma
+    dstd = -(g * xc).sum(axis=axis, keepdims=True) / std ** 2
+    dvar = dstd * 0.5 / (np.sqrt(var) if eps_outside == "exact" else std)
+    dxc = g / std + 2.0 * xc / (n - dvar_ddof) * dvar
+    dx = dxc - dxc.mean(axis=axis, keepdims=True) if dmean_term else dxc
+    return dx, (dy * x_hat).sum(axis=0), dy.sum(axis=0)
+
+
+MISSING_DMEAN = "dx is missing the dmean term, the path through the batch mean"
+UNBIASED = ("unbiased variance (dividing by N-1) in the backward: the forward it differentiates normalises "
+            "with the biased batch variance")
+EPS_OUTSIDE = "eps outside the sqrt in the backward"
+WRONG_AXIS = ("wrong axis: statistics per sample (axis 1); BatchNorm's are per feature, over the batch "
+              "(axis 0)")
 
 
 class BatchNormBackwardStaged(ArrayTask):
@@ -55,11 +85,20 @@ class BatchNormBackwardStaged(ArrayTask):
             g = np.asarray(dy, np.float64) * gamma
             return (g - g.mean(axis=0)) * rstd, dgamma, dbeta
 
+        def staged(**mistake):
+            return lambda dy, x, gamma, eps=eps: _staged_backward(dy, x, gamma, eps, **mistake)
+
         return [
-            ("dgamma and dbeta swapped: dgamma = sum(dy * x_hat), dbeta = sum(dy)", swapped),
+            ("dgamma and dbeta swapped", swapped),
             ("dx treats the batch mean and variance as constants (the eval-mode gradient); in training both "
              "depend on x", constant_stats),
             ("dx is missing the path through the variance", no_variance_path),
+            (MISSING_DMEAN, staged(dmean_term=False)),
+            (UNBIASED, staged(ddof=1, dvar_ddof=1)),
+            (UNBIASED, staged(ddof=1)),
+            (EPS_OUTSIDE, staged(eps_outside="exact")),
+            (EPS_OUTSIDE, staged(eps_outside="naive")),
+            (WRONG_AXIS, staged(axis=1)),
         ]
 
 
@@ -171,7 +210,7 @@ class GradCheck(Task):
                 continue
             rel, dy = result
             checks.append(self._judge_dy(f"{label}: dy", dy, np.shape(x)))
-            checks.append(self._judge_verdict(f"{label}: verdict", rel, dy, target))
+            checks.append(self._judge_verdict(f"{label}: verdict", rel, dy, target, x))
         return checks
 
     @staticmethod
@@ -187,12 +226,29 @@ class GradCheck(Task):
         if a.shape != shape:
             return Check(label, False, f"dy must have the shape of x, {shape}, got {a.shape}")
         if self._constant(a):
-            return Check(label, False, "all-ones (constant) upstream gradient: then sum(BN(x) * dy) does not depend "
-                                       "on x, the correct dx is exactly zero, and a backward that also returns "
-                                       "zero passes. Draw dy at random from the seed")
+            return Check(label, False, "all-ones (constant) upstream gradient: sum(forward(x) * dy) is then a sum "
+                                       "of normalized values, which does not depend on x, so the correct dx is "
+                                       "zero and a backward that also returns zero passes")
         return Check(label, True, "")
 
-    def _judge_verdict(self, label, rel, dy, target):
+    @staticmethod
+    def _one_sided_error(target, x, dy, h=1e-5):
+        """The relative error a check with one-sided differences would report here, or None if dy is unusable."""
+        x = np.asarray(x, np.float64)
+        try:
+            dy = np.asarray(dy, np.float64)
+        except (TypeError, ValueError):
+            return None
+        if dy.shape != x.shape:
+            return None
+        base, numeric = np.sum(target.forward(x) * dy), np.zeros_like(x)
+        for i in np.ndindex(*x.shape):
+            shifted = x.copy()
+            shifted[i] += h
+            numeric[i] = (np.sum(target.forward(shifted) * dy) - base) / h
+        return rel_error(target.backward(x, dy), numeric)
+
+    def _judge_verdict(self, label, rel, dy, target, x):
         if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not np.isfinite(rel):
             return Check(label, False, f"rel_error must be a finite float, got {rel!r:.40}")
         if target.correct and rel < self.SMALL:
@@ -200,9 +256,17 @@ class GradCheck(Task):
         if not target.correct and rel > self.LARGE:
             return Check(label, True, "")
         if target.correct:
-            return Check(label, False, f"reported relative error {rel:.1e} for a correct backward (a good check gives "
-                                       f"< {self.SMALL:.0e}): use central differences (f(x+h) - f(x-h)) / 2h of "
-                                       "sum(forward(x) * dy), with h about 1e-5")
+            hint = f"reported relative error {rel:.1e} for the correct {target.name} backward (a good check " \
+                   f"gives < {self.SMALL:.0e})"
+            one_sided = self._one_sided_error(target, x, dy)
+            if one_sided is not None and one_sided > self.SMALL and one_sided / 10 < rel < one_sided * 10:
+                return Check(label, False, f"{hint}: about what one-sided differences give, whose error "
+                                           "shrinks only in proportion to h")
+            if rel > 0.1:
+                return Check(label, False, f"{hint}: the numerical gradient is not that of sum(forward(x) * dy) "
+                                           "for the dy given to the backward")
+            return Check(label, False, f"{hint}: the numerical gradient is too inaccurate; look at the step h "
+                                       "and the difference formula")
         hint = f"reported relative error {rel:.1e} for a broken backward: the check missed the bug"
         if self._constant(dy):
             hint += " because of the all-ones upstream gradient"

@@ -23,8 +23,9 @@ class UpdateRunningStats(ArrayTask):
     def make_cases(self):
         r = np.random.default_rng(41)
         cases = []
+        # the float32 case is square, so that statistics over the wrong axis still fit the buffers
         for shape, momentum, dtype in (((8, 4), 0.1, np.float64), ((4, 3, 2, 2), 0.3, np.float64),
-                                       ((6, 5), 0.1, np.float32)):
+                                       ((5, 5), 0.1, np.float32)):
             c = shape[1]
             x = r.normal(r.normal(0, 2, (1, c) + (1,) * (len(shape) - 2)), 1.5, shape).astype(dtype)
             cases.append({"args": [r.normal(0, 1, c).astype(dtype), r.uniform(0.5, 2, c).astype(dtype), x],
@@ -42,24 +43,30 @@ class UpdateRunningStats(ArrayTask):
         return running_mean, running_var
 
     def mistakes(self, running_mean, running_var, x, momentum=0.1):
-        def update(biased=False, wrong_side=False, untouched=False):
+        def update(biased=False, wrong_side=False, untouched=False, batch_only=False, axes=None):
             def f(rm, rv, x, momentum=momentum):
                 x = np.asarray(x, np.float64)
                 if untouched:
                     return rm, rv
-                axes = _channel_axes(x)
-                mean, var = x.mean(axis=axes), x.var(axis=axes, ddof=0 if biased else 1)
+                over = _channel_axes(x) if axes is None else axes
+                mean, var = x.mean(axis=over), x.var(axis=over)
+                if not biased:
+                    n = x.shape[0] if batch_only else x.size // mean.size  # batch_only: n = N, not N*H*W
+                    var = var * n / (n - 1)
                 m = 1 - momentum if wrong_side else momentum
                 return (1 - m) * rm + m * mean, (1 - m) * rv + m * var
             return f
 
         return [
-            ("buffers unchanged: update running_mean and running_var in place (running_mean[...] = ...), "
-             "do not rebind or only return new arrays", update(untouched=True)),
-            ("biased running variance: PyTorch stores the UNBIASED batch variance (times n/(n-1))",
-             update(biased=True)),
-            ("momentum applied to the old value: PyTorch's momentum weights the NEW batch statistic, "
-             "running = (1 - momentum) * running + momentum * batch", update(wrong_side=True)),
+            ("buffers unchanged: the update must happen in place; rebinding the names or returning new "
+             "arrays leaves the caller's buffers as they were", update(untouched=True)),
+            ("biased running variance: PyTorch stores the unbiased batch variance", update(biased=True)),
+            ("momentum applied to the old value: PyTorch's momentum weights the new batch statistic",
+             update(wrong_side=True)),
+            ("n = N in the unbiased correction: for 4-D input each channel has N*H*W values",
+             update(batch_only=True)),
+            ("wrong axis: statistics per sample (axis 1); the buffers hold one per channel, over the batch",
+             update(axes=1)),
         ]
 
 
@@ -73,7 +80,8 @@ class BatchNormEval(ArrayTask):
     def make_cases(self):
         r = np.random.default_rng(42)
         cases = []
-        for shape, eps, dtype in (((8, 4), 1e-5, np.float64), ((3, 3, 4, 4), 1e-3, np.float64),
+        # C == W in the 4-D case, so that (C,) arrays broadcast along the last axis still fit
+        for shape, eps, dtype in (((8, 4), 1e-5, np.float64), ((3, 4, 3, 4), 1e-3, np.float64),
                                   ((6, 5), 0.1, np.float32)):
             c = shape[1]
             x = r.normal(1.0, 2.0, shape)
@@ -86,23 +94,28 @@ class BatchNormEval(ArrayTask):
                                       training=False, eps=eps)[0],)
 
     def mistakes(self, x, running_mean, running_var, gamma, beta, eps=1e-5):
-        def running(eps_outside=False, no_sqrt=False):
+        def running(eps_outside=False, no_sqrt=False, no_affine=False, last_axis=False):
             def f(x, rm, rv, g, b, eps=eps):
-                shape = (1, -1) + (1,) * (np.ndim(x) - 2)
+                shape = (-1,) if last_axis else (1, -1) + (1,) * (np.ndim(x) - 2)
                 rm, rv = np.reshape(rm, shape).astype(np.float64), np.reshape(rv, shape).astype(np.float64)
                 if no_sqrt:
                     scale = rv + eps
                 else:
                     scale = np.sqrt(rv) + eps if eps_outside else np.sqrt(rv + eps)
-                return (_wrong.affine((np.asarray(x, np.float64) - rm) / scale, g, b),)
+                y = (np.asarray(x, np.float64) - rm) / scale
+                if no_affine:
+                    return (y,)
+                return (_wrong.affine(y, g, b, param_axis=np.ndim(x) - 1 if last_axis else 1),)
             return f
 
         return [
             ("batch statistics used in eval: normalise with running_mean and running_var, not the batch's",
              lambda x, rm, rv, g, b, eps=eps: (_wrong.normalize(x, _channel_axes(x), g, b, eps=eps),)),
-            ("eps outside the sqrt: divide by sqrt(running_var + eps)", running(eps_outside=True)),
-            ("divided by the variance: divide by sqrt(running_var + eps), the standard deviation",
-             running(no_sqrt=True)),
+            ("eps outside the sqrt", running(eps_outside=True)),
+            ("divided by the variance instead of the standard deviation", running(no_sqrt=True)),
+            ("eval without the affine map: gamma and beta still apply in eval", running(no_affine=True)),
+            ("wrong axis: the per-channel arrays were broadcast along the last axis, not the channel axis 1",
+             running(last_axis=True)),
         ]
 
 
@@ -130,12 +143,12 @@ class FoldLinear(ArrayTask):
         return nl.fold_batch_norm(weight, bias, running_mean, running_var, gamma, beta, eps=eps)
 
     def mistakes(self, weight, bias, running_mean, running_var, gamma, beta, eps=1e-5):
-        def fold(columns=False, keep_mean=False, eps_outside=False):
+        def fold(columns=False, keep_mean=False, eps_outside=False, no_beta=False):
             def f(w, b, rm, rv, g, be, eps=eps):
                 w, b, rm, rv = (np.asarray(a, np.float64) for a in (w, b, rm, rv))
                 scale = g / (np.sqrt(rv) + eps if eps_outside else np.sqrt(rv + eps))
                 folded_w = w * scale[None, :] if columns and w.shape[0] == w.shape[1] else w * scale[:, None]
-                folded_b = (b if keep_mean else b - rm) * scale + be
+                folded_b = (b if keep_mean else b - rm) * scale + (0.0 if no_beta else be)
                 return folded_w, folded_b
             return f
 
@@ -143,7 +156,8 @@ class FoldLinear(ArrayTask):
             ("scaled the columns (inputs): BatchNorm scales each OUTPUT feature, the rows of a Linear weight "
              "of shape (out_features, in_features)", fold(columns=True)),
             ("forgot to subtract running_mean from the bias before scaling", fold(keep_mean=True)),
-            ("eps outside the sqrt: scale = gamma / sqrt(running_var + eps)", fold(eps_outside=True)),
+            ("eps outside the sqrt", fold(eps_outside=True)),
+            ("folded without beta: the folded bias lacks BatchNorm's shift", fold(no_beta=True)),
         ]
 
 

@@ -78,11 +78,11 @@ class EmaBiasCorrected(ArrayTask):
 
     def mistakes(self, values, decay=0.9):
         return [
-            ("no bias correction: divide by 1 - decay**t, otherwise the early estimates are pulled towards 0",
+            ("no bias correction: the early estimates are pulled towards the starting value 0",
              lambda v, decay=decay: self._run(v, decay, correct=False)),
-            ("decay applied to the new value: decay weights the OLD average, v = decay * v + (1 - decay) * x",
+            ("decay applied to the new value: decay weights the old average",
              lambda v, decay=decay: self._run(v, decay, wrong_side=True)),
-            ("bias correction off by one: after t values (t from 1) divide by 1 - decay**t",
+            ("bias correction off by one in the power of decay (t counts from 1)",
              lambda v, decay=decay: self._run(v, decay, power_offset=1)),
         ]
 
@@ -124,8 +124,8 @@ class KalmanScalar(ArrayTask):
         return [
             ("no predict step: add process_var to the variance before each update, or the filter stops "
              "following a drifting value", lambda *a: kalman(*a, predict=False)),
-            ("gain flipped: K = p / (p + meas_var), the weight of the new measurement grows with the "
-             "estimate's own uncertainty", lambda *a: kalman(*a, gain_flipped=True)),
+            ("gain flipped: the new measurement got the weight that belongs to the estimate",
+             lambda *a: kalman(*a, gain_flipped=True)),
         ]
 
 

@@ -64,9 +64,9 @@ class GroupNormForward(ArrayTask):
              lambda x, G, g, b, eps=eps: (_wrong_group_norm(x, 1, g, b, eps),)),
             ("wrong axes: one statistic per channel over the batch, as BatchNorm does",
              lambda x, G, g, b, eps=eps: (_wrong.normalize(x, (0,) + tuple(range(2, np.ndim(x))), g, b, eps=eps),)),
-            ("interleaved groups: group g holds the consecutive channels g*C/G ... (g+1)*C/G - 1 "
-             "(reshape to (N, G, C/G, *))", lambda x, G, g, b, eps=eps: (_wrong_group_norm(x, G, g, b, eps, True),)),
-            ("eps outside the sqrt: divide by sqrt(var + eps)",
+            ("interleaved groups: channel c went to group c % G; a group is a block of consecutive channels",
+             lambda x, G, g, b, eps=eps: (_wrong_group_norm(x, G, g, b, eps, True),)),
+            ("eps outside the sqrt",
              lambda x, G, g, b, eps=eps: (_wrong_group_norm(x, G, g, b, eps, eps_outside=True),)),
         ]
 
@@ -109,7 +109,7 @@ class GroupNormBackward(ArrayTask):
             return _wrong.affine(np.asarray(dy, np.float64) * rstd, g, None), dgamma, dbeta
 
         return [
-            ("dgamma and dbeta swapped: dgamma = sum(dy * x_hat), dbeta = sum(dy), both per channel", swapped),
+            ("dgamma and dbeta swapped", swapped),
             ("dx treats the group mean and variance as constants; they depend on x", constant_stats),
         ]
 
