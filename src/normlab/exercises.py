@@ -9,9 +9,14 @@ becomes ``raise NotImplementedError()``, written answers between
 ``<!-- BEGIN SOLUTION -->`` and ``<!-- END SOLUTION -->`` become a prompt, and
 every output is stripped except those of the check cells (tag ``check``), which
 keep the reference run's output (with the cell's position as execution count,
-since nbval refuses a reference output on a cell that looks unrun). nbval then compares a student's check outputs
-with those. ``--solutions-out`` also writes the completed notebooks (answers
-kept, same outputs), which must pass nbval.
+since nbval refuses a reference output on a cell that looks unrun). That output
+is stored as visibly expected, ``(expected once your code is complete)
+batch_norm_forward: 4/4 checks passed``, so that a blank notebook does not look
+as if it passes; the folder's ``nbval_sanitize.cfg`` drops the prefix before
+nbval compares, and its ``conftest.py`` applies that file whenever pytest runs
+a notebook of the folder without ``--nbval-sanitize-with``. nbval then compares a
+student's check outputs with the reference. ``--solutions-out`` also writes the
+completed notebooks (answers kept, same outputs, same two files), which must pass nbval.
 
 ``check`` regenerates into a temporary folder and exits 1, naming each stale,
 missing or extra file, when ``exercises/`` differs.
@@ -33,6 +38,30 @@ TEXT_SOLUTION = re.compile(r"<!-- BEGIN SOLUTION -->.*?<!-- END SOLUTION -->", r
 ANSWER_PROMPT = "**YOUR ANSWER HERE**"
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 SOLUTION_FILE = re.compile(r"^\d\d\.md$")
+EXPECTED_PREFIX = "(expected once your code is complete) "
+SANITIZE_FILE = "nbval_sanitize.cfg"
+SANITIZE_RULES = r"""# Written by `python -m normlab.exercises build`. The check cells of these notebooks store the reference
+# summary as "(expected once your code is complete) NAME: K/K checks passed"; nbval applies this rule to the
+# stored and the fresh output alike, so the prefix is dropped before they are compared.
+
+[expected-output-prefix]
+regex: (?m)^(\(expected once your code is complete\) )?(\w+: \d+/\d+ checks passed)
+replace: \2
+"""
+CONFTEST = """\
+\"\"\"Written by `python -m normlab.exercises build`: `pytest --nbval-lax NN.ipynb` uses nbval_sanitize.cfg.
+
+The check cells store their expected output with a visible prefix; the sanitize file drops it before nbval
+compares. An explicit --nbval-sanitize-with wins.
+\"\"\"
+from pathlib import Path
+
+
+def pytest_configure(config):
+    if getattr(config.option, "nbval_sanitize_with", "") is None:
+        config.option.nbval_sanitize_with = str(Path(__file__).with_name("nbval_sanitize.cfg"))
+"""
+SUPPORT_FILES = {SANITIZE_FILE: SANITIZE_RULES, "conftest.py": CONFTEST}
 
 
 def default_root():
@@ -94,6 +123,18 @@ def clean_outputs(outputs):
     return cleaned
 
 
+def mark_expected(outputs):
+    """Prefix each summary line of the check cell's stdout, so the stored reference reads as expected output."""
+    marked = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and out["name"] == "stdout":
+            lines = out["text"].splitlines(keepends=True)
+            out = {**out, "text": "".join(EXPECTED_PREFIX + line if re.match(r"\w+: \d+/\d+ checks passed", line)
+                                          else line for line in lines)}
+        marked.append(out)
+    return marked
+
+
 def read_solution(path):
     import jupytext
 
@@ -135,7 +176,7 @@ def render(executed, stem, *, keep_answers):
             code_cells += 1
             if not keep_answers:
                 source = blank_code(source, f"solutions/{stem}.md cell {i}")
-            outputs = clean_outputs(cell.get("outputs", [])) if is_check_cell(cell) else []
+            outputs = mark_expected(clean_outputs(cell.get("outputs", []))) if is_check_cell(cell) else []
             new = nbformat.v4.new_code_cell(source, id=cell_id, metadata=metadata, outputs=outputs)
             if is_check_cell(cell):
                 # nbval skips comparing a cell that looks unrun; the code cell's position keeps the count stable
@@ -163,6 +204,9 @@ def generate(root, out_dir, solutions_out=None, log=print):
     if solutions_out is not None:
         Path(solutions_out).mkdir(parents=True, exist_ok=True)
     written = []
+    for folder in [out_dir] + ([Path(solutions_out)] if solutions_out is not None else []):
+        for name, text in SUPPORT_FILES.items():
+            (folder / name).write_text(text, encoding="utf-8")
     for path in solution_files(root):
         stem = path.stem
         log(f"executing {path.relative_to(root)}")
@@ -178,8 +222,12 @@ def generate(root, out_dir, solutions_out=None, log=print):
 def stale_files(root, generated_dir):
     """Names of exercise files that differ from, are missing from, or are absent in a fresh generation."""
     current_dir = Path(root) / "exercises"
-    fresh = {p.name: p.read_bytes() for p in Path(generated_dir).glob("*.ipynb")}
-    current = {p.name: p.read_bytes() for p in current_dir.glob("*.ipynb")} if current_dir.is_dir() else {}
+    def files(folder):
+        paths = list(folder.glob("*.ipynb")) + [folder / n for n in SUPPORT_FILES if (folder / n).is_file()]
+        return {p.name: p.read_bytes() for p in paths}
+
+    fresh = files(Path(generated_dir))
+    current = files(current_dir) if current_dir.is_dir() else {}
     problems = []
     for name in sorted(fresh.keys() | current.keys()):
         if name not in current:

@@ -29,6 +29,9 @@ def run_nbval(notebooks, workdir):
     for nb in notebooks:
         (workdir / nb.name).write_bytes(nb.read_bytes())
         names.append(nb.name)
+        for support in exercises.SUPPORT_FILES:  # the sanitize rules and the conftest that applies them
+            if (nb.parent / support).is_file():
+                (workdir / support).write_bytes((nb.parent / support).read_bytes())
     report = workdir / "report.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",

@@ -77,6 +77,7 @@ def test_exercise_hides_answers_and_keeps_only_check_outputs(solution):
             assert exercises.CHECK_MARKER in cell.source
             summary = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream")
             assert summary.endswith(" checks passed\n") and summary.count("\n") == 1, summary
+            assert summary.startswith(exercises.EXPECTED_PREFIX), "a blank notebook must not look as if it passes"
             n, total = summary.split(": ")[1].split(" ")[0].split("/")
             assert n == total, f"the reference fails its own check: {summary!r}"
         elif cell.cell_type == "code":

@@ -1,5 +1,12 @@
 """nbval: completed notebooks reproduce the reference check outputs; blank exercises fail every check cell."""
+import shutil
+import subprocess
+import sys
+
+import nbformat
 from exercise_helpers import ROOT, check_cell_indices, run_nbval
+
+from normlab import exercises
 
 
 def test_completed_notebooks_pass_nbval(generated, tmp_path):
@@ -29,3 +36,32 @@ def test_blank_exercises_fail_every_check_cell(tmp_path):
                 assert not results[(nb.name, i)], f"{nb.name}: blank check cell {i} passed"
             else:  # definitions of unfinished functions run fine; only the checks object
                 assert results[(nb.name, i)], f"{nb.name}: non-check cell {i} failed"
+
+
+def test_the_documented_command_from_the_repo_root(generated, tmp_path):
+    """`pytest --nbval-lax exercises/01.ipynb` run at the repository root (its pyproject.toml, the folder's
+    conftest.py): a notebook whose code is complete passes against the stored "(expected ...)" outputs, and
+    without the sanitize rules the same notebook would fail, so the rules are what makes it pass."""
+    _, completed_dir = generated
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "exercises", root / "exercises")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    student = nbformat.read(root / "exercises" / "01.ipynb", as_version=4)
+    completed = nbformat.read(completed_dir / "01.ipynb", as_version=4)
+    for mine, answer in zip(student.cells, completed.cells):  # fill in the code; keep the stored outputs
+        if mine.cell_type == "code":
+            mine.source = answer.source
+    assert any(o.get("text", "").startswith(exercises.EXPECTED_PREFIX) for c in student.cells
+               for o in c.get("outputs", []))
+    nbformat.write(student, root / "exercises" / "01.ipynb")
+
+    def nbval(*extra):
+        return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                               *extra, "exercises/01.ipynb"], cwd=root, capture_output=True, text=True,
+                              timeout=300)
+
+    done = nbval()
+    assert done.returncode == 0, done.stdout[-3000:]
+    (root / "exercises" / "conftest.py").unlink()
+    bare = nbval()
+    assert bare.returncode != 0 and "checks passed" in bare.stdout
