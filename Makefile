@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels-compiled
 
-.PHONY: install book browser test bench clean
+.PHONY: install lab book browser test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(KERNELS): $(STAMP) src/normlab/kernels/numba_norms.py
 	touch $(KERNELS)
 
 install: $(KERNELS)
+
+# The exercises in JupyterLab (the `lab` extra): http://localhost:8888/lab; Ctrl-C stops it.
+# LAB_ARGS passes options through, e.g. `make lab LAB_ARGS=--no-browser`. Jupyter refuses root unless told:
+# as root (a container) it gets --allow-root.
+lab: install
+	$(BIN)/pip install -q -e '.[lab]'
+	$(BIN)/jupyter lab --notebook-dir=exercises $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 book: install
 	rm -rf _build
