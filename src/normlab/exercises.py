@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 CHECK_TAG = "check"
-CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+COMPARE_TAG = "nbval-check-output"  # nbval --nbval-lax compares the outputs of cells with this tag
 CODE_BEGIN, CODE_END = "### BEGIN SOLUTION", "### END SOLUTION"
 TEXT_SOLUTION = re.compile(r"<!-- BEGIN SOLUTION -->.*?<!-- END SOLUTION -->", re.DOTALL)
 ANSWER_PROMPT = "**YOUR ANSWER HERE**"
@@ -155,8 +155,8 @@ def execute(nb, path, timeout=300):
         NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": cwd}},
                        allow_errors=False).execute()
     for cell in nb.cells:
-        if is_check_cell(cell) and CHECK_MARKER not in cell.source:
-            raise ValueError(f"{path}: a check cell lacks the {CHECK_MARKER!r} marker:\n{cell.source}")
+        if is_check_cell(cell) and COMPARE_TAG not in cell.metadata.get("tags", []):
+            raise ValueError(f"{path}: a check cell lacks the {COMPARE_TAG!r} tag:\n{cell.source}")
     return nb
 
 
