@@ -327,9 +327,24 @@ def _block_mutant(wiring):
             h = h + f1(h)
             h = n2(h)
             return h + f2(h)
+        if wiring == "pre and post":  # pre-norms kept, and a norm after each residual add
+            h = n1(x + f1(n1(x)))
+            return n2(h + f2(n2(h)))
         h = x + f1(n1(x))  # wiring == "second reads x"
         return h + f2(n2(x))
     return mutant
+
+
+def _rms_divides_by_std(x, gamma, eps=1e-6):
+    return gamma * x / np.sqrt(x.var(axis=-1, keepdims=True) + eps)
+
+
+def _rms_centred_numerator(x, gamma, eps=1e-6):
+    return gamma * (x - x.mean(axis=-1, keepdims=True)) / np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + eps)
+
+
+def _rms_adds_sqrt_eps(x, gamma, eps=1e-6):
+    return gamma * x / (np.sqrt((x ** 2).mean(axis=-1, keepdims=True)) + np.sqrt(eps))
 
 
 MUTANTS += [
@@ -342,6 +357,10 @@ MUTANTS += [
     ("pre_ln_block", _block_mutant("post"), "normalizes after the residual add"),
     ("pre_ln_block", _block_mutant("normalized skip"), "skip connection carries the normalized x"),
     ("pre_ln_block", _block_mutant("second reads x"), "second sublayer reads the block's input"),
+    ("pre_ln_block", _block_mutant("pre and post"), "normalizes after the residual add"),
+    ("rms_norm_forward", _rms_divides_by_std, "centring"),
+    ("rms_norm_forward", _rms_centred_numerator, "centring"),
+    ("rms_norm_forward", _rms_adds_sqrt_eps, "eps outside the sqrt"),
 ]
 
 

@@ -14,14 +14,23 @@ def _tokens(r, shape, scale=1.0):
 
 
 def _rms(x, axis=-1, eps=1e-6, eps_outside=False):
+    """``eps_outside``: True adds eps after the sqrt, ``"sqrt"`` adds sqrt(eps) after it."""
     ms = np.mean(np.square(x), axis=axis, keepdims=True)
+    if eps_outside == "sqrt":
+        return np.sqrt(ms) + np.sqrt(eps)
     return np.sqrt(ms) + eps if eps_outside else np.sqrt(ms + eps)
 
 
 def _rms_norm_wrong(x, gamma, eps, *, axis=-1, eps_outside=False, centre=False):
+    """``centre``: True is LayerNorm without its bias; ``"statistic"`` divides x by its standard deviation;
+    ``"numerator"`` divides x - mean by the RMS. Each keeps the mean somewhere."""
     x = np.asarray(x, np.float64)
-    if centre:  # LayerNorm without its bias: the classic mistake of keeping the mean
+    if centre is True:  # LayerNorm without its bias: the classic mistake of keeping the mean
         return _wrong.normalize(x, axis, eps=eps, eps_outside=eps_outside) * gamma
+    if centre == "statistic":
+        return x / np.sqrt(np.var(x, axis=axis, keepdims=True) + eps) * gamma
+    if centre == "numerator":
+        return (x - x.mean(axis=axis, keepdims=True)) / _rms(x, axis, eps) * gamma
     return x / _rms(x, axis, eps, eps_outside) * gamma
 
 
@@ -64,11 +73,15 @@ class RMSNormForward(ArrayTask):
         return (nl.rms_norm_forward(x, x.shape[-1:], gamma, eps=eps)[0],)
 
     def mistakes(self, x, gamma, eps=1e-6):
+        centring = "centring: RMSNorm does not subtract the mean; only LayerNorm does"
+        eps_outside = "eps outside the sqrt: it belongs inside, with the mean of the squares"
         return [
-            ("centring: RMSNorm does not subtract the mean; only LayerNorm does",
-             lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, centre=True),)),
-            ("eps outside the sqrt: it belongs inside, with the mean of the squares",
-             lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, eps_outside=True),)),
+            (centring, lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, centre=True),)),
+            ("centring in the statistic: the standard deviation subtracts the mean; RMSNorm divides by the root "
+             "mean square", lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, centre="statistic"),)),
+            (centring, lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, centre="numerator"),)),
+            (eps_outside, lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, eps_outside=True),)),
+            (eps_outside, lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, eps_outside="sqrt"),)),
             ("wrong axes: the statistic is taken over the tokens (axis T); RMSNorm takes it over each token's "
              "features (the last axis, D)", lambda x, g, eps=eps: (_rms_norm_wrong(x, g, eps, axis=-2),)),
             ("wrong axes: one statistic over all of (T, D); RMSNorm takes one per token",
@@ -141,7 +154,8 @@ def feed_forward(h, w1, w2):
 def _block(x, p, eps, *, first="pre", second="pre", axis=-1):
     """One transformer block, each sublayer wired as named; only ``"pre"`` for both is right.
 
-    ``"post"`` normalizes after the residual add, ``"skip_normalized"`` replaces the
+    ``"post"`` normalizes after the residual add, ``"pre_and_post"`` normalizes the
+    sublayer's input and again after the residual add, ``"skip_normalized"`` replaces the
     residual stream by its normalized value, ``"output"`` normalizes the sublayer's
     output, and ``second="reads_x"`` feeds the block's input to the second sublayer.
     """
@@ -156,6 +170,8 @@ def _block(x, p, eps, *, first="pre", second="pre", axis=-1):
             return h + f(norm(h, i))
         if how == "post":
             return norm(h + f(h), i)
+        if how == "pre_and_post":
+            return norm(h + f(norm(h, i)), i)
         if how == "skip_normalized":
             h = norm(h, i)
             return h + f(h)
@@ -212,6 +228,9 @@ class PreLNBlock(ArrayTask):
             (post, wiring(first="post", second="post")),
             (post, wiring(first="post")),
             (post, wiring(second="post")),
+            (post, wiring(first="pre_and_post", second="pre_and_post")),
+            (post, wiring(first="pre_and_post")),
+            (post, wiring(second="pre_and_post")),
             ("the skip connection carries the normalized x; it must carry the block's input unchanged",
              wiring(first="skip_normalized", second="skip_normalized")),
             ("the norm is applied to each sublayer's output; pre-LN normalizes what goes into the sublayer",
