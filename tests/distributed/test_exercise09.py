@@ -73,6 +73,10 @@ MUTANTS = [
     ("sync_running_stats", _running(lambda counts, m2s, m2, n: m2 / n), "biased global variance"),
     ("sync_running_stats", _running(lambda counts, m2s, m2, n: m2s.sum(0) / (n - 1)), "without the mean term"),
     ("sync_running_stats", _running(lambda counts, m2s, m2, n: m2 / (counts[0] - 1)), "local count"),
+    ("sync_running_stats",  # the mean of the ranks' own unbiased variances
+     _running(lambda counts, m2s, m2, n: np.mean([m2s[r] / (counts[r] - 1) for r in range(len(counts))
+                                                  if counts[r] > 1], axis=0)), "without the mean term"),
+    ("sync_batch_norm_backward", _backward(count=lambda dy: dy.shape[0]), "local count"),  # rows only
     ("sync_batch_norm_backward", _backward(count=lambda dy: dy.size // dy.shape[1]), "local count"),
     ("sync_batch_norm_backward", _backward(own_sums=True), "own sums"),
     ("sync_batch_norm_backward",

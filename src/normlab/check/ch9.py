@@ -142,9 +142,14 @@ class SyncRunningStats(_FromFullBatch):
             return lambda *a, **k: ((1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * var)
 
         local = counts[0] if counts[0] > 1 else n  # one rank's count, as a rank that forgot the others would use
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rank_vars = m2s / (counts[:, None] - 1)  # each rank's unbiased variance (none for a rank of < 2)
+        has_var = counts > 1
         return [
             (BIASED, update(mean, m2 / n)),
             (MEAN_TERM, update(mean, m2s.sum(0) / (n - 1))),
+            (MEAN_TERM, update(mean, rank_vars[has_var].mean(0))),
+            (MEAN_TERM, update(mean, (counts[has_var, None] * rank_vars[has_var]).sum(0) / counts[has_var].sum())),
             (LOCAL_COUNT, update(mean, m2 / n * local / (local - 1))),
             (LOCAL_COUNT, update(mean, m2 / (local - 1))),
             (EQUAL_WEIGHTS, update(means[counts > 0].mean(0), m2 / (n - 1))),
@@ -201,8 +206,11 @@ class SyncBatchNormBackward(_FromFullBatch):
                                                         - x_hat * sum_dy_xhat.reshape(shape) / count),)
 
         local = dy.size // dy.shape[1]
+        ranks = sums_dy.shape[0]
         return [
             (LOCAL_COUNT, lambda *a: dx(sums_dy.sum(0), sums_dy_xhat.sum(0), local)),
+            (LOCAL_COUNT, lambda *a: dx(sums_dy.sum(0), sums_dy_xhat.sum(0), total_count / ranks)),
+            (LOCAL_COUNT, lambda *a: dx(sums_dy.sum(0), sums_dy_xhat.sum(0), dy.shape[0])),
             ("only this rank's own sums: the all_reduce adds every rank's",
              lambda *a: dx(dy.sum(axis=axes), (dy * x_hat).sum(axis=axes), total_count)),
             ("the ranks' sums were averaged instead of added",
