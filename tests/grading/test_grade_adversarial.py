@@ -300,6 +300,9 @@ def graded(tmp_path_factory, outside):
         listener.close()
     left_behind = [str(p) for p in leftovers(outside) if p.exists()]
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    for chapter_csv in tmp.glob("grades-ch*.csv"):  # the task columns are in each chapter's own CSV
+        for r in csv.DictReader(chapter_csv.open()):
+            rows[Path(r["path"]).name].update(r)
     entries = {Path(e["path"]).name: e for e in json.loads(js.read_text())["submissions"]}
     return {"code": code, "rows": rows, "sleepers": leftover_sleepers(), "entries": entries,
             "accepted": listener.accepted, "marker": marker, "left_behind": left_behind,

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import plain, submission
+from .library_use import library_calls
 
 # Worst first: a row's status is the worst thing that happened to it.
 STATUSES = ("invalid", "grader_error", "kernel_died", "timeout", "memory", "error", "ok")
@@ -65,9 +66,23 @@ class Grade:
     problems: list = field(default_factory=list)  # every non-ok cell or task run, in order
     isolation: list = field(default_factory=list)
     seconds: float = 0.0
+    student_id: str = ""  # from the roster, else from the file name (`gradebook.id_from_path`)
+    name: str = ""
+    answers: list = field(default_factory=list)  # written answers: {"question", "cell", "text", "blank"}
+    library_use: list = field(default_factory=list)  # advisory: {"task", "calls"}; never changes the score
+    manual: list = field(default_factory=list)  # the instructor's points: {"question", "points", "max_points"}
+    total: float = 0.0  # score + manual points
+    max_total: float | None = None  # max_score + the chapter's manual maxima
 
     def to_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        """The inverse of `to_dict`, for reports read back (``normlab grade merge``)."""
+        data = dict(data)
+        data["tasks"] = [TaskGrade(**t) for t in data.get("tasks", [])]
+        return cls(**data)
 
 
 def _out_of_time(entry):
@@ -336,6 +351,7 @@ class Grader:
     def _grade_into(self, grade, path, uid, isolation, root):
         sub = submission.load(path, self.tasks)
         grade.chapter = sub.chapter
+        grade.answers = sub.answers
         chapter_tasks = [t for t in self.tasks.values() if t.chapter == sub.chapter]
         if sub.chapter is not None:
             grade.max_score = float(sum(t.points for t in chapter_tasks))
@@ -344,6 +360,7 @@ class Grader:
             grade.tasks = [TaskGrade(t.name, float(t.points), messages=[f"not graded: {sub.problem}"])
                            for t in chapter_tasks]
             return
+        grade.library_use = library_calls(sub.cells, chapter_tasks)
         jobdir = Path(tempfile.mkdtemp(prefix=f"{sub.path.stem[:40]}-", dir=root))
         try:
             with self._task_lock:  # Task objects are shared by the threads; they need not be thread-safe
@@ -382,6 +399,7 @@ class Grader:
             if not self.keep_temp:
                 shutil.rmtree(jobdir, ignore_errors=True)
         grade.score = round(sum(t.score for t in grade.tasks), 6)
+        grade.total = grade.score
         grade.status = _worst(kind for kind, _ in grade.problems)
         worst = [d for k, d in grade.problems if k == grade.status]
         grade.detail = worst[0][:300] if worst else ""
@@ -389,9 +407,9 @@ class Grader:
 
     # -- a batch --------------------------------------------------------------------------------------------
 
-    def grade(self, paths):
-        """Grade every notebook under ``paths``; returns one `Grade` per file, sorted by path."""
-        files = submission.find(paths)
+    def grade(self, paths, files=None):
+        """Grade every notebook under ``paths`` (or just ``files``, found there); one `Grade` per file, in order."""
+        files = submission.find(paths) if files is None else list(files)
         if not files:
             raise ValueError(f"no notebooks (.ipynb, or .md with jupytext front matter) found in {list(map(str, paths))}")
         root = Path(tempfile.mkdtemp(prefix="normlab-grade-"))
@@ -425,6 +443,16 @@ class Grader:
             if not self.keep_temp:
                 shutil.rmtree(root, ignore_errors=True)
         return grades
+
+
+def select_shard(files, index, count):
+    """The ``index``-th (1-based) of ``count`` shards of ``files``: every ``count``-th file of the sorted list.
+
+    Deterministic for the same set of files on any machine, and balanced: chapters and sizes interleave.
+    """
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: the shard number must be between 1 and {count}")
+    return sorted(files, key=str)[index - 1::count]
 
 
 def grade(paths, tasks=None, **options):

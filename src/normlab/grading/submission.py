@@ -32,6 +32,8 @@ from pathlib import Path
 
 MAX_BYTES = 20 * 2**20  # a completed exercise is well under 1 MiB; anything huge is not a submission
 SUFFIXES = (".ipynb", ".md")
+MAX_ANSWER_CHARS = 20_000  # per written answer in the reports
+ANSWER_PROMPT = "**YOUR ANSWER HERE**"  # what `normlab.exercises` leaves in a blank answer cell
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Submission:
     data: bytes = b""  # the file's bytes as read once here; the job gets these, never a second read of the path
     chapter: int | None = None
     problem: str | None = None  # why the file is not a valid submission; None when it is
+    answers: list = field(default_factory=list)  # the written answers: {"question", "cell", "text"}
 
 
 def _kernel_problem(metadata):
@@ -74,6 +77,44 @@ def _read_notebook(path, text):
     return nb
 
 
+def _metadata_chapter(metadata, tasks):
+    """The chapter the notebook's metadata declares (``{"normlab": {"chapter": N}}``), if it is known."""
+    meta = metadata.get("normlab")
+    chapter = meta.get("chapter") if isinstance(meta, dict) else None
+    return chapter if isinstance(chapter, int) and chapter in {t.chapter for t in tasks.values()} else None
+
+
+def _raw_metadata_chapter(text, tasks):
+    """The declared chapter of a JSON notebook that nbformat refused (its metadata may still say)."""
+    import json
+
+    try:
+        nb = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(nb, dict) or not isinstance(nb.get("metadata"), dict):
+        return None
+    return _metadata_chapter(nb["metadata"], tasks)
+
+
+def written_answers(nb):
+    """The markdown cells tagged ``answer``, as ``{"question": "answerK", "cell": id, "text": ...}``.
+
+    Questions are numbered in notebook order, so that ``answer2`` is the same question in every copy of
+    an exercise; the text is capped at MAX_ANSWER_CHARS.
+    """
+    answers = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags") or []
+        if cell.cell_type == "markdown" and isinstance(tags, list) and "answer" in tags:
+            text = cell.source
+            if len(text) > MAX_ANSWER_CHARS:
+                text = text[:MAX_ANSWER_CHARS] + f"\n[... {len(cell.source) - MAX_ANSWER_CHARS} more characters]"
+            answers.append({"question": f"answer{len(answers) + 1}", "cell": str(cell.get("id") or ""),
+                            "text": text, "blank": text.strip() in ("", ANSWER_PROMPT)})
+    return answers
+
+
 def _filename_chapter(path, chapters):
     for match in re.finditer(r"(?<![0-9])0?([1-9])(?![0-9])", path.stem):
         if int(match.group(1)) in chapters:
@@ -88,8 +129,8 @@ def detect_chapter(nb, path, tasks):
     by_function = {t.function: t.chapter for t in tasks.values()}
     from_name = _filename_chapter(path, chapters)
 
-    meta = (nb.metadata.get("normlab") or {}).get("chapter") if isinstance(nb.metadata.get("normlab"), dict) else None
-    if isinstance(meta, int) and meta in chapters:
+    meta = _metadata_chapter(nb.metadata, tasks)
+    if meta is not None:
         return meta, None
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     signals = [
@@ -186,11 +227,14 @@ def _load(path, tasks):
         # Only the exception's type: its message may quote the file (nbformat's NotJSONError does).
         kind = "not valid JSON" if type(e).__name__ in ("NotJSONError", "JSONDecodeError") else "not a valid notebook"
         sub.problem = f"{kind} ({size}, {type(e).__name__})"
+        sub.chapter = _raw_metadata_chapter(text, tasks)
         return sub
     sub.data = data
     sub.problem = _kernel_problem(nb.metadata)
     if sub.problem:
+        sub.chapter = _metadata_chapter(nb.metadata, tasks)
         return sub
+    sub.answers = written_answers(nb)
     sub.cells = [c.source for c in nb.cells
                  if c.cell_type == "code" and "check" not in (c.metadata.get("tags") or [])]
     sub.chapter, sub.problem = detect_chapter(nb, path, tasks)
