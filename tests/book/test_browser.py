@@ -2,8 +2,9 @@
 
 For every page listed in ``_toc.yml`` this checks what a reader would notice:
 the page loads, MathJax turned every equation into ``mjx-container`` elements (and no raw
-TeX delimiters are left), every ``<img>`` decoded, no code cell scrolls sideways at 1440 px
-(folded cells are unfolded for the check), no test marker (``NBVAL``) shows in the text,
+TeX delimiters are left), every ``<img>`` decoded, no code cell or printout scrolls sideways at 1440 px
+(folded cells are unfolded for the check), no test marker (``NBVAL``) or writer's placeholder
+(``SWEEP_TEXT``, ``TODO``) shows in the text,
 and no request left ``localhost``
 (the book must work offline: no CDN, web font or inventory). A full-page screenshot of each
 page is kept under ``test-artifacts/screenshots/`` for a human to look at.
@@ -159,12 +160,12 @@ return main.innerText;
 """
 
 
-# Code cells whose code is wider than its box (it would scroll sideways). Folded cells
+# Code cells whose code or printed output is wider than its box (it would scroll sideways). Folded cells
 # (hide-input: <details>) are opened for the measurement and closed again afterwards.
 OVERFLOWING_CODE_CELLS = """
 const folded = Array.from(document.querySelectorAll('main details:not([open])'));
 folded.forEach((d) => { d.open = true; });
-const wide = Array.from(document.querySelectorAll('main .cell_input pre'))
+const wide = Array.from(document.querySelectorAll('main .cell_input pre, main .cell_output pre'))
   .filter((pre) => pre.scrollWidth > pre.clientWidth + 1)
   .map((pre) => ({width: pre.scrollWidth, box: pre.clientWidth,
                   line: pre.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), '')}));
@@ -233,14 +234,18 @@ def test_page_renders_offline(browser, server, page):
         snippet = next(line for line in prose.splitlines() if any(d in line for d in raw))
         pytest.fail(f"{page}: raw TeX {raw} left in the rendered text, e.g. {snippet!r}")
 
+    # No writer's placeholder (SWEEP_TEXT, TODO) may reach the reader in place of a paragraph.
+    placeholders = re.findall(r"\b(?:[A-Z0-9]+_)+TEXT\b|\bTODO\b|\bFIXME\b|\bXXX\b", prose)
+    assert not placeholders, f"{page}: placeholders in the prose: {placeholders}"
+
     # What a reader sees must hold no test marker: they live in cell tags, not in the text.
     visible = browser.execute_script("return document.body.innerText")
     markers = [line.strip() for line in visible.splitlines() if "NBVAL" in line]
     assert not markers, f"{page}: test markers visible to the reader: {markers[:5]}"
-    # At 1440 px no code cell may scroll sideways (code lines <= 88 characters, DESIGN.md).
+    # At 1440 px no code cell or printout may scroll sideways (lines <= 86 characters).
     browser.execute_async_script(SETTLE)
     wide = browser.execute_script(OVERFLOWING_CODE_CELLS)
-    assert not wide, f"{page}: {len(wide)} code cells scroll sideways at {WINDOW[0]} px, e.g. {wide[:3]}"
+    assert not wide, f"{page}: {len(wide)} code cells or outputs scroll sideways at {WINDOW[0]} px, e.g. {wide[:3]}"
 
     images = browser.execute_async_script(WAIT_FOR_IMAGES)
     broken = [img["src"] for img in images if not img["ok"]]

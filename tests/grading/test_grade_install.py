@@ -5,6 +5,7 @@ write nothing; with it, a reference solution is graded to full marks. Not the re
 non-editable install, as an instructor gets it from an index.
 """
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,12 @@ def run(*args, cwd=None, timeout=900):
 
 
 def test_grade_extra_in_a_fresh_venv(tmp_path):
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     wheels = tmp_path / "wheels"
-    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO)
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, source)
     assert built.returncode == 0, built.stderr
     wheel = next(wheels.glob("normlab-*.whl"))
     venv = tmp_path / "venv"
