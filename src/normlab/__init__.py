@@ -10,6 +10,7 @@ from .batch_norm import batch_norm_backward, batch_norm_forward
 from .fold import fold_batch_norm
 from .group_norm import group_norm_backward, group_norm_forward
 from .instance_norm import instance_norm_backward, instance_norm_forward
+from .kernels.threads import get_num_threads, set_num_threads
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .local_response_norm import local_response_norm_backward, local_response_norm_forward
 from .rms_norm import rms_norm_backward, rms_norm_forward
@@ -23,5 +24,6 @@ __all__ = [
     "instance_norm_forward", "instance_norm_backward",
     "rms_norm_forward", "rms_norm_backward",
     "local_response_norm_forward", "local_response_norm_backward",
+    "set_num_threads", "get_num_threads",
     "fold_batch_norm", "functional", "nn", "gradcheck", "running_stats", "axes", "core", "paths",
 ]

@@ -24,7 +24,8 @@ Two families of kernels cover every norm, in the ``(N, C, S)`` picture of
   (BatchNorm1d) a channel's values lie a row apart, so the *columns* kernels
   give each task a block of whole rows instead.
 
-The kernels run on Numba's thread pool, in the threading layer Numba picks
+The kernels run on Numba's thread pool, one thread per free core unless
+`normlab.set_num_threads` (or ``NORMLAB_NUM_THREADS``) caps them, in the threading layer Numba picks
 (TBB, OpenMP or its own ``workqueue``; ``NUMBA_THREADING_LAYER`` chooses).
 ``workqueue`` must not be entered by two Python threads at once, so a lock
 serializes the calls; GNU OpenMP cannot run in a process forked after it
@@ -40,6 +41,8 @@ import time
 
 import numba
 import numpy as np
+
+from . import threads
 
 _LOCK = threading.Lock()
 
@@ -90,11 +93,23 @@ def _own_running_threads():
     return count
 
 
+_last_launch = {"threads": None}
+
+
+def last_launch_threads():
+    """Threads the latest kernel launch ran on (None before the first), e.g. to report a benchmark's."""
+    return _last_launch["threads"]
+
+
 @contextlib.contextmanager
 def _launch():
-    """One launch at a time (see the module docstring), on as many threads as there are free cores."""
+    """One launch at a time (see the module docstring), on as many threads as there are free cores,
+    but never more than `normlab.set_num_threads` allows (``numba.set_num_threads`` is overridden here)."""
     with _LOCK:
-        numba.set_num_threads(threads_now())
+        cap = threads.get_num_threads()
+        n = threads_now() if cap is None else min(cap, threads_now())
+        numba.set_num_threads(n)
+        _last_launch["threads"] = n
         yield
 
 
