@@ -628,9 +628,19 @@ def test_float32_level_error_in_a_float64_case_says_so():
     def in_float32(x, g, b, eps=1e-5):
         return sol("batch_norm_forward")(x.astype(np.float32), g.astype(np.float32), b.astype(np.float32), eps)
 
-    checks = run(TASKS["batch_norm_forward"], in_float32)
+    def cast_back(x, g, b, eps=1e-5):
+        return in_float32(x, g, b, eps).astype(x.dtype)
+
+    checks = run(TASKS["batch_norm_forward"], cast_back)
     failed = [c for c in checks if not c.passed]
     assert failed and all("float64" in c.name and "float32-level error" in c.message for c in failed)
+
+    def rms_in_float32(x, gamma, eps=1e-6):  # float32 round-off is within float64's tolerance here
+        return sol("rms_norm_forward")(x.astype(np.float32), gamma.astype(np.float32), eps)
+
+    for task, answer in (("batch_norm_forward", in_float32), ("rms_norm_forward", rms_in_float32)):
+        failed = [c for c in run(TASKS[task], answer) if not c.passed]
+        assert failed and all("float64" in c.name and "returned float32" in c.message for c in failed), task
 
     def far_off(x, g, b, eps=1e-5):
         return sol("batch_norm_forward")(x, g, b, eps) + 0.1
