@@ -2,7 +2,9 @@
 
 ``python -m bench.bridge``. Two conv+BatchNorm blocks, batch 64, 3×32×32 inputs, SGD; the two
 models start from the same weights and run interleaved in this process (median of the samples, and
-the fastest). The bridged model is ``normlab.torch_bridge.convert_norms`` of a copy of the native one,
+the fastest). Samples alternate, so each native sample has a bridged neighbour taken within the same
+fraction of a second: the median of those paired ratios is the figure least moved by a machine whose
+speed drifts during the run. The bridged model is ``normlab.torch_bridge.convert_norms`` of a copy of the native one,
 so its norm layers run normlab's forward and hand-derived backward on NumPy views of the tensors.
 """
 import argparse
@@ -48,7 +50,7 @@ def main(argv=None):
     from normlab import torch_bridge
 
     parser = argparse.ArgumentParser(prog="python -m bench.bridge", description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -63,11 +65,17 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.repeats} interleaved samples")
     print(f"training step, native BatchNorm2d: {t_native * 1e3:.2f} ms (fastest {min(samples[0]) * 1e3:.2f})")
     print(f"training step, normlab bridge   : {t_bridged * 1e3:.2f} ms (fastest {min(samples[1]) * 1e3:.2f})")
+    paired = sorted(b / n for n, b in zip(*samples))
+    quartiles = statistics.quantiles(paired, n=4)
     print(f"bridged/native: {t_bridged / t_native:.2f} (medians), {min(samples[1]) / min(samples[0]):.2f} (fastest)")
+    print(f"paired ratios: median {statistics.median(paired):.2f}, quartiles {quartiles[0]:.2f} to "
+          f"{quartiles[2]:.2f}; below 1 in {sum(r < 1 for r in paired)} of {len(paired)}")
     if not args.no_save:
         result = {"native_ms": t_native * 1e3, "bridged_ms": t_bridged * 1e3,
                   "native_best_ms": min(samples[0]) * 1e3, "bridged_best_ms": min(samples[1]) * 1e3,
                   "ratio": t_bridged / t_native, "best_ratio": min(samples[1]) / min(samples[0]),
+                  "paired_ratio": statistics.median(paired), "paired_quartiles": [quartiles[0], quartiles[2]],
+                  "paired_below_one": sum(r < 1 for r in paired), "pairs": len(paired),
                   "repeats": args.repeats, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                   "load_average_at_start": load_before,
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
