@@ -123,3 +123,27 @@ def test_a_fresh_process_reads_the_environment_variable_at_import():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, timeout=120)
     assert out.stdout.strip() == "1"
+
+
+def test_the_first_kernel_keeps_torchs_thread_count():
+    """Starting Numba's OpenMP pool resets the OpenMP thread count torch reads; the first launch puts it back.
+
+    In a fresh process, since the pool starts once per process.
+    """
+    pytest.importorskip("torch")
+    code = """if True:
+        import numpy as np, torch, normlab as nl
+        torch.set_num_threads(1)
+        x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32)
+        nl.layer_norm_forward(x, (1024,))
+        from normlab.kernels import numba_norms
+        import numba
+        print(numba_norms.last_launch_threads() is not None, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NORMLAB_NUM_THREADS": ""})
+    assert out.returncode == 0, out.stderr
+    launched, torch_threads, pool = out.stdout.split()
+    if int(pool) < 2:
+        pytest.skip("one core: the pool cannot change torch's count")
+    assert launched == "True" and torch_threads == "1"

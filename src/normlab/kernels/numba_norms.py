@@ -36,6 +36,7 @@ Importing this module imports Numba, which takes a third of a second; only
 """
 import contextlib
 import os
+import sys
 import threading
 import time
 
@@ -94,6 +95,7 @@ def _own_running_threads():
 
 
 _last_launch = {"threads": None}
+_pool = {"started": False}
 
 
 def last_launch_threads():
@@ -101,11 +103,25 @@ def last_launch_threads():
     return _last_launch["threads"]
 
 
+def _start_pool():
+    """Start Numba's thread pool, keeping torch's thread count: with Numba's OpenMP layer, starting the
+    pool resets the OpenMP thread count that torch reads, so a ``torch.set_num_threads(1)`` made before
+    normlab's first kernel would silently become one thread per core."""
+    torch = sys.modules.get("torch")
+    saved = torch.get_num_threads() if torch is not None else None
+    numba.get_num_threads()
+    if torch is not None and torch.get_num_threads() != saved:
+        torch.set_num_threads(saved)
+    _pool["started"] = True
+
+
 @contextlib.contextmanager
 def _launch():
     """One launch at a time (see the module docstring), on as many threads as there are free cores,
     but never more than `normlab.set_num_threads` allows (``numba.set_num_threads`` is overridden here)."""
     with _LOCK:
+        if not _pool["started"]:
+            _start_pool()
         cap = threads.get_num_threads()
         n = threads_now() if cap is None else min(cap, threads_now())
         numba.set_num_threads(n)
