@@ -53,33 +53,68 @@ TASKS = numba.config.NUMBA_NUM_THREADS
 
 _PROBE_INTERVAL_S = 0.01
 _probe = {"at": -1.0, "threads": TASKS}
+# Others' busy cores are averaged over windows of 0.1 to 1 s (an older window says little about now).
+_BUSY_WINDOW_S = (0.1, 1.0)
+_busy = {"at": None, "cpu_s": 0.0, "own_s": 0.0, "others": None}
 
 
 def threads_now():
-    """Threads for the next launch: one per core that no other runnable process is using.
+    """Threads for the next launch: one per core that no other process is using.
 
     Static scheduling hands each thread an equal share; when another process holds a core, the
     thread that waits for it holds up the whole launch (measured: 3.5 to 5 times slower on 2
-    busy cores). Linux's /proc/stat counts the runnable processes now; it is read at most every
-    10 ms. Elsewhere every thread is used.
+    busy cores). On Linux a core counts as taken when /proc/stat shows another runnable thread
+    now *and* other work has kept that many cores busy over the last fraction of a second: a
+    kernel thread that runs for a moment (freeing a large array's pages, say) would otherwise
+    halve the threads of the launch that follows. It is read at most every 10 ms. Elsewhere
+    every thread is used.
     """
     now = time.monotonic()
     if now - _probe["at"] > _PROBE_INTERVAL_S:
-        _probe["at"], _probe["threads"] = now, _free_cores()
+        _probe["at"], _probe["threads"] = now, _free_cores(now)
     return _probe["threads"]
 
 
-def _free_cores():
+def _free_cores(now):
     try:
         with open("/proc/stat", "rb") as f:
-            running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+            lines = f.read().splitlines()
+        running = next(int(line.split()[1]) for line in lines if line.startswith(b"procs_running"))
+        busy_cpu_s = _busy_cpu_seconds(lines[0])
         ours = _own_running_threads()
-    except (OSError, StopIteration, ValueError):
+    except (OSError, StopIteration, ValueError, IndexError):
         return TASKS
-    # Our own pool's threads spin for a while after a launch and count as runnable: only others' count.
-    others = max(running - max(ours, 1), 0)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # Our own pool's threads spin for a while after a launch and count as runnable: only others' count.
+    return _threads_for(cores, max(running - max(ours, 1), 0), _busy_other_cores(now, busy_cpu_s))
+
+
+def _threads_for(cores, others_running, busy_others):
+    """Threads for a launch, given the other threads runnable now and the cores others kept busy
+    lately (None: not known yet, so the runnable count alone decides)."""
+    others = others_running if busy_others is None else min(others_running, round(busy_others))
     return max(1, min(TASKS, cores - others))
+
+
+def _busy_cpu_seconds(cpu_line):
+    """Seconds all cores have spent busy since boot, from /proc/stat's first line (user, nice,
+    system, irq, softirq and steal; not idle or iowait)."""
+    ticks = [int(v) for v in cpu_line.split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_other_cores(now, busy_cpu_s):
+    """Cores other processes kept busy, on average, over the latest complete window (None: none yet)."""
+    times = os.times()
+    own_s = times.user + times.system
+    elapsed = None if _busy["at"] is None else now - _busy["at"]
+    if elapsed is None or elapsed > _BUSY_WINDOW_S[1]:
+        _busy.update(at=now, cpu_s=busy_cpu_s, own_s=own_s, others=None)
+    elif elapsed >= _BUSY_WINDOW_S[0]:
+        others = (busy_cpu_s - _busy["cpu_s"] - (own_s - _busy["own_s"])) / elapsed
+        _busy.update(at=now, cpu_s=busy_cpu_s, own_s=own_s, others=max(others, 0.0))
+    return _busy["others"]
 
 
 def _own_running_threads():
