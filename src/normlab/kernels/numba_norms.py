@@ -64,9 +64,8 @@ def threads_now():
     Static scheduling hands each thread an equal share; when another process holds a core, the
     thread that waits for it holds up the whole launch (measured: 3.5 to 5 times slower on 2
     busy cores). On Linux a core counts as taken when /proc/stat shows another runnable thread
-    now *and* other work has kept that many cores busy over the last fraction of a second: a
-    kernel thread that runs for a moment (freeing a large array's pages, say) would otherwise
-    halve the threads of the launch that follows. It is read at most every 10 ms. Elsewhere
+    now *and* other work has kept that many cores busy over the last 0.1 to 1 s: a thread that
+    runs only for a moment would otherwise halve the threads of the launch that follows. It is read at most every 10 ms. Elsewhere
     every thread is used.
     """
     now = time.monotonic()
