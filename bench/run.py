@@ -29,11 +29,12 @@ How it measures, and why:
   fit in a core's L2 cache, more when the kernels must read them again;
   ``pass limit`` is the time those passes take at memcpy speed divided by the
   measured time (1.0: as fast as the algorithm can be on this machine);
-- ``+ fresh pages`` adds to that limit what the operating system spends on
-  each output array the pass allocates (y, dx): a new array's memory comes
-  from the kernel as zeroed pages, which costs about a further write pass.
-  It is measured here, as filling a new array minus filling an existing one
-  on normlab's threads; only inputs over 32 MiB get a new array's pages.
+- a new array over 32 MiB comes from the operating system as pages it zeroes
+  first, about a further write pass; the header line prints that cost
+  (filling a new array minus filling an existing one, on normlab's threads).
+  normlab's kernels recycle such outputs once nothing refers to them
+  (`normlab.kernels.outputs`), and every loop here drops its outputs, so in
+  these rows normlab pays it only on the warm-up call; torch pays it every call.
 
 ``--contended`` runs the table a second time with a busy process beside it
 (one Python loop per spare core is not what users have; one busy process is).
@@ -61,9 +62,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PASSES = ("forward", "backward", "forward+backward")
 # Full-size arrays each pass must at least move (see the module docstring).
 ARRAYS_MOVED = {"forward": 2, "backward": 3, "forward+backward": 5}
-OUTPUTS_ALLOCATED = {"forward": 1, "backward": 1, "forward+backward": 2}  # y, dx
-# Smaller arrays reuse memory that malloc keeps (its mmap threshold is at most 32 MiB): no new pages.
-FRESH_PAGES_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -347,11 +345,11 @@ def run(repeats, only=None, contended=False):
         "memcpy_8MiB_bytes_per_s": copy_bw_small,
         "fresh_output_s_per_byte": fresh_cost,
         "matmul_flops_per_s": flops,
-        "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"], fresh_cost),
+        "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"]),
     }
     if contended:
         with busy_process():
-            result["contended_rows"] = table(cases, repeats, copy_bw, machine["l2_cache_bytes"], fresh_cost)
+            result["contended_rows"] = table(cases, repeats, copy_bw, machine["l2_cache_bytes"])
     result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
 
@@ -371,7 +369,7 @@ class busy_process:
         self.process.wait()
 
 
-def table(cases, repeats, copy_bw, l2_bytes, fresh_cost):
+def table(cases, repeats, copy_bw, l2_bytes):
     rows = []
     for case in cases:
         with_generic = math.prod(case.shape) <= GENERIC_MAX_ELEMENTS
@@ -401,8 +399,6 @@ def table(cases, repeats, copy_bw, l2_bytes, fresh_cost):
                 "min_bytes": moved,
                 "passes": None if passes is None else passes[name],
                 "pass_limit_fraction": None if passes is None else passes[name] * array_bytes / copy_bw / t_nl,
-                "fresh_limit_fraction": None if passes is None or array_bytes < FRESH_PAGES_BYTES else (
-                    passes[name] * array_bytes / copy_bw + OUTPUTS_ALLOCATED[name] * array_bytes * fresh_cost) / t_nl,
                 "generic_ms": None if t_np is None else t_np * 1e3,
                 "generic_ratio": None if t_np is None else t_np / t_torch,
             })
@@ -412,17 +408,16 @@ def table(cases, repeats, copy_bw, l2_bytes, fresh_cost):
 def format_table(rows):
     lines = [
         "| op | shape | pass | normlab ms | torch ms | normlab/torch | fastest: normlab/torch "
-        "| normlab BW/memcpy | torch BW/memcpy | passes | pass limit | + fresh pages | generic/torch |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| normlab BW/memcpy | torch BW/memcpy | passes | pass limit | generic/torch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         limit = "" if r["pass_limit_fraction"] is None else f"{r['pass_limit_fraction']:.2f}"
-        fresh = "" if r.get("fresh_limit_fraction") is None else f"{r['fresh_limit_fraction']:.2f}"
         generic = "" if r["generic_ratio"] is None else f"{r['generic_ratio']:.2f}"
         lines.append(
             f"| {r['op']} | {tuple(r['shape'])} | {r['pass']} | {r['normlab_ms']:.3f} | {r['torch_ms']:.3f} "
             f"| {r['ratio']:.2f} | {r['best_ratio']:.2f} | {r['normlab_bw_fraction']:.2f} "
-            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {fresh} | {generic} |"
+            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {generic} |"
         )
     return "\n".join(lines)
 
@@ -454,7 +449,7 @@ def main(argv=None):
     print(f"{m['cpu']}, {m['logical_cores']} cores, numpy {m['numpy']}, torch {m['torch']} "
           f"({m['torch_threads']} threads), {kernels}, {m['date']}")
     print(f"memcpy of 256 MiB: {result['memcpy_bytes_per_s'] / 1e9:.1f} GB/s, of 8 MiB: "
-          f"{result['memcpy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s (read + write); a new 256 MiB array's pages: "
+          f"{result['memcpy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s (read + write); a new 256 MiB output's pages (recycled outputs avoid them): "
           f"{result['fresh_output_s_per_byte'] * 2**28 * 1e3:.1f} ms; float32 matmul: "
           f"{result['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s; load average {m['load_average_at_start'][0]:.1f} "
           f"at start, {result['load_average_at_end'][0]:.1f} at end\n")

@@ -31,6 +31,8 @@ The kernels run on Numba's thread pool, one thread per free core unless
 serializes the calls; GNU OpenMP cannot run in a process forked after it
 started, which `fork_safe` tells `normlab.paths.numba_cpu`.
 γ and β are always arrays here (ones and zeros when the layer has none).
+Outputs (y, dx) over 32 MiB come from `normlab.kernels.outputs`, which hands one
+out again once nothing refers to it: new memory costs about one more pass.
 Importing this module imports Numba, which takes a third of a second; only
 `normlab.paths.numba_cpu` imports it, on first use.
 """
@@ -43,7 +45,7 @@ import time
 import numba
 import numpy as np
 
-from . import threads
+from . import outputs, threads
 
 _LOCK = threading.Lock()
 
@@ -199,7 +201,7 @@ def rows_forward(x, weight, bias, channels_per_group, s, groups, eps, centre=Tru
     Row r belongs to group ``r % groups``, whose channels each own ``s`` consecutive values.
     Without ``centre`` (RMSNorm) the mean is 0 and the variance is the mean square.
     """
-    y = np.empty_like(x)
+    y = outputs.empty_like(x)
     mean, var = np.empty(x.shape[0]), np.empty(x.shape[0])
     with _launch():
         _rows_forward(x, weight, bias, channels_per_group, s, groups, eps, centre, y, mean, var)
@@ -208,7 +210,7 @@ def rows_forward(x, weight, bias, channels_per_group, s, groups, eps, centre=Tru
 
 def rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, channels, centre=True):
     """``dx`` and the per-channel Σ dy·x̂ and Σ dy (float64) for `rows_forward`."""
-    dx = np.empty_like(x)
+    dx = outputs.empty_like(x)
     parts = np.zeros((2, TASKS, channels))  # per task: Σ dy·x̂, Σ dy
     with _launch():
         _rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, centre, dx, parts[0], parts[1])
@@ -217,7 +219,7 @@ def rows_backward(x, dy, mean, rstd, weight, channels_per_group, s, groups, chan
 
 def channels_forward(x, weight, bias, eps):
     """BatchNorm of ``x`` (N, C, S); returns ``y`` and the float64 mean and biased variance per channel."""
-    y = np.empty_like(x)
+    y = outputs.empty_like(x)
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
     with _launch():
         if x.shape[2] == 1:
@@ -230,7 +232,7 @@ def channels_forward(x, weight, bias, eps):
 def channels_backward(x, dy, mean, rstd, weight, batch_stats=True):
     """``dx``, and Σ dy·x̂ and Σ dy per channel (float64), for `channels_forward` or, without
     ``batch_stats``, for `channels_apply` (constant statistics: ``dx = γ·rstd·dy``)."""
-    dx = np.empty_like(x)
+    dx = outputs.empty_like(x)
     sum_dy_xhat, sum_dy = np.empty(x.shape[1]), np.empty(x.shape[1])
     with _launch():
         if x.shape[2] == 1:
@@ -243,7 +245,7 @@ def channels_backward(x, dy, mean, rstd, weight, batch_stats=True):
 
 def channels_apply(x, mean, rstd, weight, bias):
     """``y = (x - mean)·rstd·γ + β`` per channel of ``x`` (N, C, S), with given float64 statistics (eval)."""
-    y = np.empty_like(x)
+    y = outputs.empty_like(x)
     with _launch():
         if x.shape[2] == 1:
             _columns_apply(x[:, :, 0], mean, rstd, weight, bias, y[:, :, 0], TASKS)

@@ -1,0 +1,72 @@
+"""Output arrays for the compiled kernels: a large output is handed out again once nothing refers to it.
+
+An array of more than a few MiB does not come from malloc's free lists but
+from the operating system, as new pages that it zeroes when they are first
+written: about one more write pass over the output, measured by ``bench/run.py``
+(``fresh_output_s_per_byte``). A training loop asks for outputs of the same
+shapes at every step, so `empty_like` keeps the latest `KEEP` large outputs it
+made and gives one of them out again, for a call of the same shape and dtype,
+once no other object holds a reference to it.
+
+Why a reference count is the right test: every NumPy view of an array keeps a
+reference to the array that owns the memory (its ``base``), and so do
+``memoryview``, ``torch.from_numpy`` and DLPack exports. An array nobody refers
+to but this module can therefore not be read or written by anyone else. (A raw
+address such as ``a.ctypes.data`` kept without the array is no more valid here
+than it is after the array is freed.) Off outside CPython, where reference counts
+do not say this, and with ``NORMLAB_RECYCLE_OUTPUTS=0``. `release` lets the
+kept arrays go.
+"""
+import os
+import sys
+import threading
+
+import numpy as np
+
+MIN_BYTES = 32 * 2**20
+"""Smaller outputs reuse memory malloc keeps anyway (its mmap threshold is at most 32 MiB)."""
+KEEP = 4
+"""Outputs kept: y and dx of the step before, and of the one before that, which the caller
+still holds while it asks for the next (``y, cache = forward(x)`` rebinds y only afterwards)."""
+
+enabled = sys.implementation.name == "cpython" and os.environ.get("NORMLAB_RECYCLE_OUTPUTS", "1") != "0"
+"""False: every output is a new array."""
+
+_kept = []
+_lock = threading.Lock()
+
+
+def _references(arrays, i):
+    return sys.getrefcount(arrays[i])
+
+
+_UNREFERENCED = _references([np.empty(0)], 0)
+"""What `_references` counts for an array held by nothing but the list (measured, since interpreters differ)."""
+
+
+def empty_like(x):
+    """An uninitialized C-contiguous array of ``x``'s shape and dtype, recycled when large (see the module)."""
+    if not enabled or x.nbytes < MIN_BYTES:
+        return np.empty(x.shape, x.dtype)
+    with _lock:
+        for i in range(len(_kept)):
+            if _kept[i].shape == x.shape and _kept[i].dtype == x.dtype and _references(_kept, i) == _UNREFERENCED:
+                out = _kept.pop(i)
+                _kept.append(out)
+                return out
+        out = np.empty(x.shape, x.dtype)
+        _kept.append(out)
+        del _kept[:max(len(_kept) - KEEP, 0)]  # an array the caller still holds stays valid: it is just no longer recycled
+        return out
+
+
+def release():
+    """Let go of the kept outputs (their memory returns to the system once the caller's references go)."""
+    with _lock:
+        _kept.clear()
+
+
+def kept_bytes():
+    """Bytes of the outputs kept now, referenced elsewhere or not."""
+    with _lock:
+        return sum(a.nbytes for a in _kept)
