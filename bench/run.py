@@ -23,11 +23,13 @@ How it measures, and why:
   (``retain_graph=True``), normlab's as ``*_backward`` on a cache built beforehand;
 - the bandwidth column divides the fewest bytes the pass must move (forward:
   read x, write y; backward: read x, read dy, write dx; both: all five) by the
-  time, and reports it as a fraction of a large ``np.copyto`` measured here;
+  time, and reports it as a fraction of the speed of a large copy measured here
+  on all of normlab's threads (one thread's ``np.copyto`` reaches only about half
+  of it on this 2-core machine, and normlab's kernels run on every free core);
 - ``passes`` is how many input-sized arrays normlab's kernels move from
   memory: the minimum when one statistic's values (x, and dy in the backward)
   fit in a core's L2 cache, more when the kernels must read them again;
-  ``pass limit`` is the time those passes take at memcpy speed divided by the
+  ``pass limit`` is the time those passes take at that copy speed divided by the
   measured time (1.0: as fast as the algorithm can be on this machine);
 - a new array over 32 MiB comes from the operating system as pages it zeroes
   first, about a further write pass; the header line prints that cost
@@ -236,10 +238,27 @@ def sample_interleaved(fns, repeats, min_sample_s=5e-3):
 
 
 def memcpy_bandwidth(nbytes, repeats=7):
-    """Bytes per second of ``np.copyto`` between two arrays of ``nbytes`` (read + write counted)."""
+    """Bytes per second of ``np.copyto`` (one thread) between two arrays of ``nbytes`` (read + write counted)."""
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
     t = min(sample_interleaved([lambda: np.copyto(dst, src)], repeats)[0])
+    return 2 * src.nbytes / t
+
+
+def copy_bandwidth(nbytes, repeats=7):
+    """Bytes per second (read + write counted) of a copy between two arrays of ``nbytes`` on all of
+    Numba's threads, the most that normlab's kernels run on: the memory-traffic limit they face."""
+    import numba
+
+    @numba.njit(parallel=True, cache=False)
+    def copy(dst, src):
+        for i in numba.prange(src.shape[0]):
+            dst[i] = src[i]
+
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = min(sample_interleaved([lambda: copy(dst, src)], repeats)[0])
     return 2 * src.nbytes / t
 
 
@@ -331,8 +350,9 @@ def _numba_description():
 def run(repeats, only=None, contended=False):
     rng = np.random.default_rng(0)
     machine = machine_description()
-    copy_bw = memcpy_bandwidth(256 * 2**20)
-    copy_bw_small = memcpy_bandwidth(8 * 2**20)  # the size of the largest input: it fits in the L3 cache
+    copy_bw = copy_bandwidth(256 * 2**20)
+    copy_bw_small = copy_bandwidth(8 * 2**20)  # the size of the small rows' inputs: it fits in the L3 cache
+    one_thread_bw = memcpy_bandwidth(256 * 2**20)
     fresh_cost = fresh_page_cost(256 * 2**20)
     flops = matmul_flops()
     cases = [c for c in make_cases(rng) if not only or only.lower() in c.op.lower()]
@@ -340,9 +360,10 @@ def run(repeats, only=None, contended=False):
         "machine": machine,
         "dtype": "float32",
         "repeats": repeats,
-        "memcpy_bytes_per_s": copy_bw,
-        "memcpy_array_bytes": 256 * 2**20,
-        "memcpy_8MiB_bytes_per_s": copy_bw_small,
+        "copy_bytes_per_s": copy_bw,
+        "copy_array_bytes": 256 * 2**20,
+        "copy_8MiB_bytes_per_s": copy_bw_small,
+        "memcpy_one_thread_bytes_per_s": one_thread_bw,
         "fresh_output_s_per_byte": fresh_cost,
         "matmul_flops_per_s": flops,
         "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"]),
@@ -408,7 +429,7 @@ def table(cases, repeats, copy_bw, l2_bytes):
 def format_table(rows):
     lines = [
         "| op | shape | pass | normlab ms | torch ms | normlab/torch | fastest: normlab/torch "
-        "| normlab BW/memcpy | torch BW/memcpy | passes | pass limit | generic/torch |",
+        "| normlab BW/copy | torch BW/copy | passes | pass limit | generic/torch |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -448,8 +469,10 @@ def main(argv=None):
         f"numba {m['numba']['version']} ({m['numba']['threading_layer']}, {m['numba']['threads']} threads)")
     print(f"{m['cpu']}, {m['logical_cores']} cores, numpy {m['numpy']}, torch {m['torch']} "
           f"({m['torch_threads']} threads), {kernels}, {m['date']}")
-    print(f"memcpy of 256 MiB: {result['memcpy_bytes_per_s'] / 1e9:.1f} GB/s, of 8 MiB: "
-          f"{result['memcpy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s (read + write); a new 256 MiB output's pages (recycled outputs avoid them): "
+    print(f"copy of 256 MiB on {m['numba']['threads'] if m['numba'] else 1} threads: "
+          f"{result['copy_bytes_per_s'] / 1e9:.1f} GB/s, of 8 MiB: {result['copy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s, "
+          f"np.copyto of 256 MiB (one thread): {result['memcpy_one_thread_bytes_per_s'] / 1e9:.1f} GB/s "
+          f"(read + write); a new 256 MiB output's pages (recycled outputs avoid them): "
           f"{result['fresh_output_s_per_byte'] * 2**28 * 1e3:.1f} ms; float32 matmul: "
           f"{result['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s; load average {m['load_average_at_start'][0]:.1f} "
           f"at start, {result['load_average_at_end'][0]:.1f} at end\n")

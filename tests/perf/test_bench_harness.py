@@ -12,7 +12,7 @@ def test_the_harness_prints_one_row_per_pass_with_every_column():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| op |"))
-    for column in ("normlab ms", "torch ms", "normlab/torch", "normlab BW/memcpy", "passes", "pass limit",
+    for column in ("normlab ms", "torch ms", "normlab/torch", "normlab BW/copy", "passes", "pass limit",
                    "generic/torch"):
         assert f"| {column} |" in header
     rows = [line for line in lines if line.startswith("| InstanceNorm2d |")]
