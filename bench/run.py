@@ -30,13 +30,13 @@ How it measures, and why:
   memory: the minimum when one statistic's values (x, and dy in the backward)
   fit in a core's L2 cache, more when the kernels must read them again;
   ``pass limit`` is the time those passes take at that copy speed divided by the
-  measured time (1.0: as fast as the algorithm can be on this machine);
+  measured time (1.0: the algorithm's passes at copy speed, arithmetic free);
 - a new array over 32 MiB comes from the operating system as pages it zeroes
-  first, about a further write pass; the header line prints that cost
+  first, which costs about as much as another write pass; the header line prints it
   (filling a new array minus filling an existing one, on normlab's threads).
   normlab's kernels recycle such outputs once nothing refers to them
   (`normlab.kernels.outputs`), and every loop here drops its outputs, so in
-  these rows normlab pays it only on the warm-up call; torch pays it every call.
+  these rows normlab pays it only on the warm-up call.
 
 ``--contended`` runs the table a second time with a busy process beside it
 (one Python loop per spare core is not what users have; one busy process is).
