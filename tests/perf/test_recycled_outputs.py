@@ -5,6 +5,7 @@ hundreds of MiB it is meant for; each output is stamped with values that would
 show if another call wrote into its memory.
 """
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -74,6 +75,18 @@ def test_an_output_still_referenced_keeps_its_values(holder, recycling, rng):
         _, later = _layer_norm(scale * x + rng.standard_normal(x.shape))
         nl.layer_norm_backward(dy, later)
     np.testing.assert_array_equal(read(held), expected)
+
+
+def test_an_output_held_only_weakly_keeps_its_values_or_dies(recycling):
+    y = outputs.empty_like(np.empty((64, 32)))
+    y[...] = 1.0
+    held = weakref.ref(y)
+    del y
+    outputs.empty_like(np.empty((64, 32)))[...] = 2.0  # the same shape: must not be the weakly held one
+    assert np.all(held() == 1.0)
+    for shape in range(outputs.KEEP + 1):  # other shapes push it out of the kept outputs
+        outputs.empty_like(np.empty((shape + 1, 32)))[...] = 3.0
+    assert held() is None
 
 
 def test_a_backward_cache_keeps_its_input_from_reuse(recycling, rng):

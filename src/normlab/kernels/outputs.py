@@ -2,24 +2,27 @@
 
 An array of more than a few MiB does not come from malloc's free lists but
 from the operating system, as new pages that it zeroes when they are first
-written: about one more write pass over the output, measured by ``bench/run.py``
-(``fresh_output_s_per_byte``). A training loop asks for outputs of the same
+written: about one and a half more write passes over the output, measured by
+``bench/run.py`` (``fresh_output_s_per_byte``). A training loop asks for outputs of the same
 shapes at every step, so `empty_like` keeps the latest `KEEP` large outputs it
 made and gives one of them out again, for a call of the same shape and dtype,
-once no other object holds a reference to it.
+once no other object holds a reference to it, strong or weak.
 
 Why a reference count is the right test: every NumPy view of an array keeps a
 reference to the array that owns the memory (its ``base``), and so do
 ``memoryview``, ``torch.from_numpy`` and DLPack exports. An array nobody refers
-to but this module can therefore not be read or written by anyone else. (A raw
-address such as ``a.ctypes.data`` kept without the array is no more valid here
-than it is after the array is freed.) Off outside CPython, where reference counts
+to but this module can therefore not be read or written by anyone else. A weak
+reference does not raise the count, so an array with one is never handed out
+again: a ``weakref.ref(y)`` sees y's values or nothing. (A raw address such as
+``a.ctypes.data`` kept without the array is no more valid here than it is after
+the array is freed.) Off outside CPython, where reference counts
 do not say this, and with ``NORMLAB_RECYCLE_OUTPUTS=0``. `release` lets the
 kept arrays go.
 """
 import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -44,13 +47,17 @@ _UNREFERENCED = _references([np.empty(0)], 0)
 """What `_references` counts for an array held by nothing but the list (measured, since interpreters differ)."""
 
 
+def _unreferenced(arrays, i):
+    return _references(arrays, i) == _UNREFERENCED and weakref.getweakrefcount(arrays[i]) == 0
+
+
 def empty_like(x):
     """An uninitialized C-contiguous array of ``x``'s shape and dtype, recycled when large (see the module)."""
     if not enabled or x.nbytes < MIN_BYTES:
         return np.empty(x.shape, x.dtype)
     with _lock:
         for i in range(len(_kept)):
-            if _kept[i].shape == x.shape and _kept[i].dtype == x.dtype and _references(_kept, i) == _UNREFERENCED:
+            if _kept[i].shape == x.shape and _kept[i].dtype == x.dtype and _unreferenced(_kept, i):
                 out = _kept.pop(i)
                 _kept.append(out)
                 return out
