@@ -353,6 +353,51 @@ def _rows_forward(x, weight, bias, cpg, s, groups, eps, centred, y, mean, var):
                     yk[i] = (xk[i] - mu - mu_lo) * scale + offset
 
 
+@_inline
+def _row_statistics(x, dy, mean, rstd, weight, length, centred):
+    """For one row with s = 1: its centre in two parts, rstd, mean(γ·dy) and mean(γ·dy·x̂), in x's dtype."""
+    t = x.dtype.type
+    mu, mu_lo = _two_parts(mean, t)
+    rs = t(rstd)
+    sum_g, sum_g_d = 0.0, 0.0  # Σ γ·dy and Σ γ·dy·(x - mean)
+    for start in range(0, x.shape[0], _SUM_BLOCK):
+        xb, dyb, wb = x[start:start + _SUM_BLOCK], dy[start:start + _SUM_BLOCK], weight[start:start + _SUM_BLOCK]
+        part_g, part_g_d = t(0), t(0)
+        for k in range(xb.shape[0]):
+            g = wb[k] * dyb[k]
+            part_g += g
+            part_g_d += g * (xb[k] - mu - mu_lo)
+        sum_g += part_g
+        sum_g_d += part_g_d
+    return mu, mu_lo, rs, t(sum_g / length) if centred else t(0), t(sum_g_d * rstd / length)
+
+
+@_inline
+def _four_rows_backward(x, dy, dx, mean, rstd, weight, length, centred, acc):
+    """dx for four rows (4, L) of one group, with their Σ dy and Σ dy·x̂ per channel added to acc (2, L).
+
+    Written out row by row on purpose: the four rows share one update of the accumulators, and
+    with one scalar per row's statistic the compiler vectorizes the loop (with a loop over the
+    rows, or the statistics in an array, it does not).
+    """
+    u0, l0, s0, g0, h0 = _row_statistics(x[0], dy[0], mean[0], rstd[0], weight, length, centred)
+    u1, l1, s1, g1, h1 = _row_statistics(x[1], dy[1], mean[1], rstd[1], weight, length, centred)
+    u2, l2, s2, g2, h2 = _row_statistics(x[2], dy[2], mean[2], rstd[2], weight, length, centred)
+    u3, l3, s3, g3, h3 = _row_statistics(x[3], dy[3], mean[3], rstd[3], weight, length, centred)
+    for k in range(length):
+        e0 = (x[0, k] - u0 - l0) * s0  # x̂
+        e1 = (x[1, k] - u1 - l1) * s1
+        e2 = (x[2, k] - u2 - l2) * s2
+        e3 = (x[3, k] - u3 - l3) * s3
+        d0, d1, d2, d3, w = dy[0, k], dy[1, k], dy[2, k], dy[3, k], weight[k]
+        dx[0, k] = s0 * (w * d0 - g0 - e0 * h0)
+        dx[1, k] = s1 * (w * d1 - g1 - e1 * h1)
+        dx[2, k] = s2 * (w * d2 - g2 - e2 * h2)
+        dx[3, k] = s3 * (w * d3 - g3 - e3 * h3)
+        acc[0, k] += (d0 + d1) + (d2 + d3)
+        acc[1, k] += (d0 * e0 + d1 * e1) + (d2 * e2 + d3 * e3)
+
+
 @_jit
 def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, centred, dx, part_dy_xhat, part_dy):
     rows, length = x.shape
@@ -361,57 +406,58 @@ def _rows_backward(x, dy, mean, rstd, weight, cpg, s, groups, centred, dx, part_
     per_task = (rows + tasks - 1) // tasks
     for task in numba.prange(tasks):
         first, last = task * per_task, min(rows, (task + 1) * per_task)
-        # A row's per-channel Σ dy and Σ dy·x̂ go into sums of the input's dtype first, which are
-        # flushed into the task's float64 sums every `_ROW_BLOCK` rows: half the bytes per update,
-        # and the loop vectorizes (a float32 + float64 update in every iteration does not).
-        block_dy, block_dy_xhat = np.zeros(cpg * groups, x.dtype), np.zeros(cpg * groups, x.dtype)
-        for r in range(first, last):
-            xr, dyr, dxr = x[r], dy[r], dx[r]
-            mu, mu_lo = _two_parts(mean[r], t)
-            rs, c0 = t(rstd[r]), (r % groups) * cpg
-            w = weight[c0:c0 + cpg]
-            sum_g = 0.0  # Σ γ·dy over the row
-            sum_g_xhat = 0.0  # Σ γ·dy·x̂ over the row
-            if s == 1:
-                acc_dy, acc_dy_xhat = block_dy[c0:c0 + cpg], block_dy_xhat[c0:c0 + cpg]
-                for start in range(0, cpg, _SUM_BLOCK):
-                    block = slice(start, start + _SUM_BLOCK)
-                    xb, dyb, wb, ab, axb = xr[block], dyr[block], w[block], acc_dy[block], acc_dy_xhat[block]
-                    part_g, part_g_xhat = t(0), t(0)
-                    for k in range(xb.shape[0]):
-                        g, xhat = dyb[k], (xb[k] - mu - mu_lo) * rs
-                        ab[k] += g
-                        axb[k] += g * xhat
-                        part_g += wb[k] * g
-                        part_g_xhat += wb[k] * (g * xhat)
-                    sum_g += part_g
-                    sum_g_xhat += part_g_xhat
+        # With s = 1, a row's per-channel Σ dy and Σ dy·x̂ go into sums of the input's dtype first,
+        # which are flushed into the task's float64 sums every `_ROW_BLOCK` rows: half the bytes
+        # per update, and the loop vectorizes (a float32 + float64 update in every iteration does not).
+        block = np.zeros((2, cpg * groups), x.dtype)  # Σ dy, Σ dy·x̂
+        unflushed = 0
+        r = first
+        while r < last:
+            step = 4 if s == 1 and groups == 1 and last - r >= 4 else 1
+            if step == 4:  # LayerNorm and RMSNorm
+                rows4 = slice(r, r + 4)
+                _four_rows_backward(x[rows4], dy[rows4], dx[rows4], mean[rows4], rstd[rows4], weight, length,
+                                    centred, block)
             else:
-                acc_dy, acc_dy_xhat = part_dy[task, c0:c0 + cpg], part_dy_xhat[task, c0:c0 + cpg]
-                for k in range(cpg):
-                    channel_dy, channel_dy_d = _gradient_sums(dyr[k * s:(k + 1) * s], xr[k * s:(k + 1) * s], mu, mu_lo)
-                    acc_dy[k] += channel_dy
-                    acc_dy_xhat[k] += channel_dy_d * rs
-                    sum_g += w[k] * channel_dy
-                    sum_g_xhat += w[k] * (channel_dy_d * rs)
-            mean_g, mean_g_xhat = t(sum_g / length) if centred else t(0), t(sum_g_xhat / length)
-            if s == 1:
-                for k in range(cpg):
-                    xhat = (xr[k] - mu - mu_lo) * rs
-                    dxr[k] = rs * (w[k] * dyr[k] - mean_g - xhat * mean_g_xhat)
-                if (r - first) % _ROW_BLOCK == _ROW_BLOCK - 1 or r == last - 1:
-                    task_dy, task_dy_xhat = part_dy[task], part_dy_xhat[task]
-                    for c in range(block_dy.shape[0]):
-                        task_dy[c] += block_dy[c]
-                        task_dy_xhat[c] += block_dy_xhat[c]
-                        block_dy[c], block_dy_xhat[c] = 0, 0
-            else:
-                for k in range(cpg):
-                    xk, dyk, dxk = xr[k * s:(k + 1) * s], dyr[k * s:(k + 1) * s], dxr[k * s:(k + 1) * s]
-                    wk = w[k]
-                    for i in range(s):
-                        xhat = (xk[i] - mu - mu_lo) * rs
-                        dxk[i] = rs * (wk * dyk[i] - mean_g - xhat * mean_g_xhat)
+                xr, dyr, dxr = x[r], dy[r], dx[r]
+                c0 = (r % groups) * cpg
+                w = weight[c0:c0 + cpg]
+                if s == 1:
+                    mu, mu_lo, rs, mean_g, mean_g_xhat = _row_statistics(xr, dyr, mean[r], rstd[r], w, length, centred)
+                    acc = block[:, c0:c0 + cpg]
+                    for k in range(cpg):
+                        xhat = (xr[k] - mu - mu_lo) * rs
+                        dxr[k] = rs * (w[k] * dyr[k] - mean_g - xhat * mean_g_xhat)
+                        acc[0, k] += dyr[k]
+                        acc[1, k] += dyr[k] * xhat
+                else:
+                    mu, mu_lo = _two_parts(mean[r], t)
+                    rs = t(rstd[r])
+                    sum_g, sum_g_xhat = 0.0, 0.0  # Σ γ·dy and Σ γ·dy·x̂ over the row
+                    acc_dy, acc_dy_xhat = part_dy[task, c0:c0 + cpg], part_dy_xhat[task, c0:c0 + cpg]
+                    for k in range(cpg):
+                        channel_dy, channel_dy_d = _gradient_sums(dyr[k * s:(k + 1) * s], xr[k * s:(k + 1) * s],
+                                                                  mu, mu_lo)
+                        acc_dy[k] += channel_dy
+                        acc_dy_xhat[k] += channel_dy_d * rs
+                        sum_g += w[k] * channel_dy
+                        sum_g_xhat += w[k] * (channel_dy_d * rs)
+                    mean_g, mean_g_xhat = t(sum_g / length) if centred else t(0), t(sum_g_xhat / length)
+                    for k in range(cpg):
+                        xk, dyk, dxk = xr[k * s:(k + 1) * s], dyr[k * s:(k + 1) * s], dxr[k * s:(k + 1) * s]
+                        wk = w[k]
+                        for i in range(s):
+                            xhat = (xk[i] - mu - mu_lo) * rs
+                            dxk[i] = rs * (wk * dyk[i] - mean_g - xhat * mean_g_xhat)
+            r += step
+            unflushed += step
+            if s == 1 and (unflushed >= _ROW_BLOCK or r == last):
+                task_dy, task_dy_xhat = part_dy[task], part_dy_xhat[task]
+                for c in range(block.shape[1]):
+                    task_dy[c] += block[0, c]
+                    task_dy_xhat[c] += block[1, c]
+                    block[0, c], block[1, c] = 0, 0
+                unflushed = 0
 
 
 @_jit
