@@ -22,21 +22,25 @@ How it measures, and why:
 - torch's backward is timed as ``autograd.grad`` on a graph built beforehand
   (``retain_graph=True``), normlab's as ``*_backward`` on a cache built beforehand;
 - the bandwidth column divides the fewest bytes the pass must move (forward:
-  read x, write y; backward: read x, read dy, write dx; both: all five) by the
-  time, and reports it as a fraction of the speed of a large copy measured here
-  on all of normlab's threads (one thread's ``np.copyto`` reaches only about half
-  of it on this 2-core machine, and normlab's kernels run on every free core);
+  read x, write y; backward: read x, read dy, write dx; both: the sum, five
+  array-sized transfers) by the time, and reports it as a fraction of the speed
+  of a 256 MiB copy measured here on all of normlab's threads (the same copy on
+  one thread, and one thread's ``np.copyto``, are printed too);
 - ``passes`` is how many input-sized arrays normlab's kernels move from
-  memory: the minimum when one statistic's values (x, and dy in the backward)
-  fit in a core's L2 cache, more when the kernels must read them again;
-  ``pass limit`` is the time those passes take at that copy speed divided by the
-  measured time (1.0: the algorithm's passes at copy speed, arithmetic free);
-- a new array over 32 MiB comes from the operating system as pages it zeroes
-  first, which costs about as much as another write pass; the header line prints it
-  (filling a new array minus filling an existing one, on normlab's threads).
-  normlab's kernels recycle such outputs once nothing refers to them
-  (`normlab.kernels.outputs`), and every loop here drops its outputs, so in
-  these rows normlab pays it only on the warm-up call.
+  memory by their design (not a measured count): the minimum when one
+  statistic's values (x, and dy in the backward) fit in a core's L2 cache, more
+  when the kernels must read them again; ``pass limit`` is the time those
+  passes take at that copy speed divided by the measured time (1.0: the
+  design's passes at copy speed, arithmetic free). Only rows whose arrays are
+  larger than the last-level cache get one: smaller ones stay in cache between
+  the calls of a sample, so "from memory" does not describe them;
+- a new 256 MiB array costs page faults and zeroing when first written; the
+  header line prints how much (filling a new array minus filling an existing
+  one, on normlab's threads). normlab's kernels recycle outputs of 32 MiB and
+  more once nothing refers to them (`normlab.kernels.outputs`), and every loop
+  here drops its outputs, so in those rows normlab pays it only on the warm-up
+  call. torch pays it on every call: the ``no recycling`` column times normlab
+  with recycling off, to show how much of the difference that is.
 
 ``--contended`` runs the table a second time with a busy process beside it
 (one Python loop per spare core is not what users have; one busy process is).
@@ -245,9 +249,9 @@ def memcpy_bandwidth(nbytes, repeats=7):
     return 2 * src.nbytes / t
 
 
-def copy_bandwidth(nbytes, repeats=7):
-    """Bytes per second (read + write counted) of a copy between two arrays of ``nbytes`` on all of
-    Numba's threads, the most that normlab's kernels run on: the memory-traffic limit they face."""
+def copy_bandwidth(nbytes, repeats=7, threads=None):
+    """Bytes per second (read + write counted) of a copy between two arrays of ``nbytes`` on ``threads``
+    (default: all of Numba's, the most that normlab's kernels run on: the memory-traffic limit they face)."""
     import numba
 
     @numba.njit(parallel=True, cache=False)
@@ -255,10 +259,11 @@ def copy_bandwidth(nbytes, repeats=7):
         for i in numba.prange(src.shape[0]):
             dst[i] = src[i]
 
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
     t = min(sample_interleaved([lambda: copy(dst, src)], repeats)[0])
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     return 2 * src.nbytes / t
 
 
@@ -305,7 +310,10 @@ def machine_description():
         pools = "threadpoolctl not installed"
     numba = _numba_description()
     return {
-        "l2_cache_bytes": _l2_cache_bytes(),
+        "l2_cache_bytes": _cache_bytes(2),
+        "l2_shared_by_cpus": _cache_shared_by(2),
+        "l3_cache_bytes": _cache_bytes(3),
+        "physical_cores": _physical_cores(),
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "platform": platform.platform(),
@@ -320,16 +328,53 @@ def machine_description():
     }
 
 
-def _l2_cache_bytes():
-    """The size of one core's level-2 cache, from Linux's sysfs (None elsewhere)."""
+def _cache_index(level):
+    """cpu0's sysfs folder for its data (or unified) cache of this level (None outside Linux)."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
-                size = (index / "size").read_text().strip()
-                return int(size[:-1]) * {"K": 2**10, "M": 2**20}[size[-1]] if size[-1] in "KM" else int(size)
-        except (OSError, ValueError):
+            if (index / "level").read_text().strip() == str(level) and (index / "type").read_text().strip() != "Instruction":
+                return index
+        except OSError:
             return None
     return None
+
+
+def _cache_bytes(level):
+    """The size of cpu0's cache of this level, from Linux's sysfs (None elsewhere)."""
+    index = _cache_index(level)
+    try:
+        size = (index / "size").read_text().strip()
+        return int(size[:-1]) * {"K": 2**10, "M": 2**20}[size[-1]] if size[-1] in "KM" else int(size)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _cache_shared_by(level):
+    """How many logical CPUs share cpu0's cache of this level (None when unknown)."""
+    index = _cache_index(level)
+    try:
+        cpus = 0
+        for part in (index / "shared_cpu_list").read_text().strip().split(","):
+            first, _, last = part.partition("-")
+            cpus += int(last or first) - int(first) + 1
+        return cpus
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _physical_cores():
+    """Distinct (package, core) pairs in /proc/cpuinfo (None when it says nothing)."""
+    try:
+        pairs, package = set(), None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                package = value.strip()
+            elif key.strip() == "core id":
+                pairs.add((package, value.strip()))
+        return len(pairs) or None
+    except OSError:
+        return None
 
 
 def _numba_description():
@@ -353,8 +398,11 @@ def run(repeats, only=None, contended=False):
     copy_bw = copy_bandwidth(256 * 2**20)
     copy_bw_small = copy_bandwidth(8 * 2**20)  # the size of the small rows' inputs: it fits in the L3 cache
     one_thread_bw = memcpy_bandwidth(256 * 2**20)
+    one_thread_copy_bw = copy_bandwidth(256 * 2**20, threads=1)
     fresh_cost = fresh_page_cost(256 * 2**20)
     flops = matmul_flops()
+    # Measured again after the others: a copy that another process disturbed once must not set the limit.
+    copy_bw = max(copy_bw, copy_bandwidth(256 * 2**20))
     cases = [c for c in make_cases(rng) if not only or only.lower() in c.op.lower()]
     result = {
         "machine": machine,
@@ -364,13 +412,14 @@ def run(repeats, only=None, contended=False):
         "copy_array_bytes": 256 * 2**20,
         "copy_8MiB_bytes_per_s": copy_bw_small,
         "memcpy_one_thread_bytes_per_s": one_thread_bw,
+        "copy_one_thread_bytes_per_s": one_thread_copy_bw,
         "fresh_output_s_per_byte": fresh_cost,
         "matmul_flops_per_s": flops,
-        "rows": table(cases, repeats, copy_bw, machine["l2_cache_bytes"]),
+        "rows": table(cases, repeats, copy_bw, machine),
     }
     if contended:
         with busy_process():
-            result["contended_rows"] = table(cases, repeats, copy_bw, machine["l2_cache_bytes"])
+            result["contended_rows"] = table(cases, repeats, copy_bw, machine)
     result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
 
@@ -390,23 +439,45 @@ class busy_process:
         self.process.wait()
 
 
-def table(cases, repeats, copy_bw, l2_bytes):
+def without_recycling(fn):
+    """``fn`` with every output a new array (``normlab.kernels.outputs`` switched off during the call)."""
+    from normlab.kernels import outputs
+
+    def run():
+        saved, outputs.enabled = outputs.enabled, False
+        try:
+            return fn()
+        finally:
+            outputs.enabled = saved
+    return run
+
+
+def table(cases, repeats, copy_bw, machine):
+    from normlab.kernels import outputs
+
     rows = []
+    l3 = machine.get("l3_cache_bytes")
     for case in cases:
         with_generic = math.prod(case.shape) <= GENERIC_MAX_ELEMENTS
+        array_bytes = math.prod(case.shape) * 4
+        recycled = outputs.enabled and array_bytes >= outputs.MIN_BYTES
         fns, path, cache = pass_functions(case, with_generic)
-        passes = algorithm_passes(cache, l2_bytes)
+        l2 = machine.get("l2_cache_bytes")
+        passes = algorithm_passes(cache, l2 and l2 // (machine.get("l2_shared_by_cpus") or 1))  # per thread
+        from_memory = passes is not None and (l3 is None or array_bytes > l3)
         for name in PASSES:
-            samples = sample_interleaved(fns[name], repeats)
+            extra = [without_recycling(fns[name][0])] if recycled else []
+            samples = sample_interleaved(list(fns[name]) + extra, repeats)
             samples_nl, samples_torch = samples[:2]
             t_nl, t_torch = statistics.median(samples_nl), statistics.median(samples_torch)
             t_np = statistics.median(samples[2]) if with_generic else None
+            t_fresh = statistics.median(samples[-1]) if recycled else None
             best_nl, best_torch = min(samples_nl), min(samples_torch)
-            array_bytes = math.prod(case.shape) * 4
             moved = ARRAYS_MOVED[name] * array_bytes
             rows.append({
                 "op": case.op,
                 "shape": list(case.shape),
+                "array_bytes": array_bytes,
                 "pass": name,
                 "normlab_path": path,
                 "normlab_ms": t_nl * 1e3,
@@ -418,8 +489,10 @@ def table(cases, repeats, copy_bw, l2_bytes):
                 "normlab_bw_fraction": moved / t_nl / copy_bw,
                 "torch_bw_fraction": moved / t_torch / copy_bw,
                 "min_bytes": moved,
-                "passes": None if passes is None else passes[name],
-                "pass_limit_fraction": None if passes is None else passes[name] * array_bytes / copy_bw / t_nl,
+                "passes": passes[name] if from_memory else None,
+                "pass_limit_fraction": passes[name] * array_bytes / copy_bw / t_nl if from_memory else None,
+                "no_recycling_ms": None if t_fresh is None else t_fresh * 1e3,
+                "no_recycling_ratio": None if t_fresh is None else t_fresh / t_torch,
                 "generic_ms": None if t_np is None else t_np * 1e3,
                 "generic_ratio": None if t_np is None else t_np / t_torch,
             })
@@ -429,16 +502,17 @@ def table(cases, repeats, copy_bw, l2_bytes):
 def format_table(rows):
     lines = [
         "| op | shape | pass | normlab ms | torch ms | normlab/torch | fastest: normlab/torch "
-        "| normlab BW/copy | torch BW/copy | passes | pass limit | generic/torch |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| normlab BW/copy | torch BW/copy | passes | pass limit | no recycling/torch | generic/torch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         limit = "" if r["pass_limit_fraction"] is None else f"{r['pass_limit_fraction']:.2f}"
         generic = "" if r["generic_ratio"] is None else f"{r['generic_ratio']:.2f}"
+        fresh = "" if r["no_recycling_ratio"] is None else f"{r['no_recycling_ratio']:.2f}"
         lines.append(
             f"| {r['op']} | {tuple(r['shape'])} | {r['pass']} | {r['normlab_ms']:.3f} | {r['torch_ms']:.3f} "
             f"| {r['ratio']:.2f} | {r['best_ratio']:.2f} | {r['normlab_bw_fraction']:.2f} "
-            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {generic} |"
+            f"| {r['torch_bw_fraction']:.2f} | {r['passes'] or ''} | {limit} | {fresh} | {generic} |"
         )
     return "\n".join(lines)
 
@@ -471,6 +545,7 @@ def main(argv=None):
           f"({m['torch_threads']} threads), {kernels}, {m['date']}")
     print(f"copy of 256 MiB on {m['numba']['threads'] if m['numba'] else 1} threads: "
           f"{result['copy_bytes_per_s'] / 1e9:.1f} GB/s, of 8 MiB: {result['copy_8MiB_bytes_per_s'] / 1e9:.1f} GB/s, "
+          f"on one thread: {result['copy_one_thread_bytes_per_s'] / 1e9:.1f} GB/s, "
           f"np.copyto of 256 MiB (one thread): {result['memcpy_one_thread_bytes_per_s'] / 1e9:.1f} GB/s "
           f"(read + write); a new 256 MiB output's pages (recycled outputs avoid them): "
           f"{result['fresh_output_s_per_byte'] * 2**28 * 1e3:.1f} ms; float32 matmul: "

@@ -13,7 +13,7 @@ def test_the_harness_prints_one_row_per_pass_with_every_column():
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("| op |"))
     for column in ("normlab ms", "torch ms", "normlab/torch", "normlab BW/copy", "passes", "pass limit",
-                   "generic/torch"):
+                   "no recycling/torch", "generic/torch"):
         assert f"| {column} |" in header
     rows = [line for line in lines if line.startswith("| InstanceNorm2d |")]
     assert [row.split("|")[3].strip() for row in rows] == ["forward", "backward", "forward+backward"]
@@ -22,4 +22,6 @@ def test_the_harness_prints_one_row_per_pass_with_every_column():
         assert len(cells) == header.count("|") - 1
         assert float(cells[3]) > 0 and float(cells[4]) > 0  # the two times
         numbers = cells[5:]
-        assert all(float(cell) >= 0 for cell in numbers)  # ratios, bandwidths, passes (2 decimals: may print 0.00)
+        # passes, pass limit and no recycling are blank for rows that fit in the last-level cache
+        assert all(float(cell) >= 0 for cell in numbers if cell)
+        assert sum(bool(cell) for cell in numbers) >= len(numbers) - 3  # ratios, bandwidths, passes (2 decimals: may print 0.00)
