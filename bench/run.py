@@ -28,8 +28,8 @@ How it measures, and why:
   one thread, and one thread's ``np.copyto``, are printed too);
 - ``passes`` is how many input-sized arrays normlab's kernels move from
   memory by their design (not a measured count): the minimum when one
-  statistic's values (x, and dy in the backward) fit in a core's L2 cache, more
-  when the kernels must read them again; ``pass limit`` is the time those
+  statistic's values (x, and dy in the backward) fit in a thread's share of the
+  L2 or L3 cache, more when the kernels must read them again from memory; ``pass limit`` is the time those
   passes take at that copy speed divided by the measured time (1.0: the
   design's passes at copy speed, arithmetic free). Only rows whose arrays are
   larger than the last-level cache get one: smaller ones stay in cache between
@@ -151,20 +151,21 @@ def make_cases(rng):
 GENERIC_MAX_ELEMENTS = 1 << 24  # larger rows skip the generic column
 
 
-def algorithm_passes(cache, l2_bytes):
-    """Input-sized arrays the compiled kernels move from memory, per pass (see the module docstring)."""
+def algorithm_passes(cache, cache_bytes):
+    """Input-sized arrays the compiled kernels move from memory, per pass (see the module docstring),
+    given the cache one thread can keep its unit of work in."""
     from normlab.kernels import numba_norms
 
     p = getattr(cache, "plan", None)
-    if p is None or l2_bytes is None:
+    if p is None or cache_bytes is None:
         return None
     itemsize = cache.x.dtype.itemsize
     if p.per_channel and p.s == 1:  # BatchNorm1d: each task works on a block of whole rows
         unit = -(-p.n // numba_norms.TASKS) * p.c * itemsize
     else:
         unit = p.count * itemsize
-    forward = 2 if unit <= l2_bytes else 4  # else x is read three times: mean, variance, normalize
-    backward = 3 if 2 * unit <= l2_bytes else 5  # else x and dy are read twice: the sums, then dx
+    forward = 2 if unit <= cache_bytes else 4  # else x is read three times: mean, variance, normalize
+    backward = 3 if 2 * unit <= cache_bytes else 5  # else x and dy are read twice: the sums, then dx
     return {"forward": forward, "backward": backward, "forward+backward": forward + backward}
 
 
@@ -452,6 +453,16 @@ def without_recycling(fn):
     return run
 
 
+def thread_cache_bytes(machine):
+    """The cache one kernel thread can keep its unit of work in: its share of the L2, or of the L3 when
+    that is larger (a unit that leaves the L2 is read again from the L3, not from memory)."""
+    l2, l3 = machine.get("l2_cache_bytes"), machine.get("l3_cache_bytes")
+    threads = (machine.get("numba") or {}).get("threads") or 1
+    shares = [l2 // (machine.get("l2_shared_by_cpus") or 1)] if l2 else []
+    shares += [l3 // threads] if l3 else []
+    return max(shares, default=None)
+
+
 def table(cases, repeats, copy_bw, machine):
     from normlab.kernels import outputs
 
@@ -462,8 +473,7 @@ def table(cases, repeats, copy_bw, machine):
         array_bytes = math.prod(case.shape) * 4
         recycled = outputs.enabled and array_bytes >= outputs.MIN_BYTES
         fns, path, cache = pass_functions(case, with_generic)
-        l2 = machine.get("l2_cache_bytes")
-        passes = algorithm_passes(cache, l2 and l2 // (machine.get("l2_shared_by_cpus") or 1))  # per thread
+        passes = algorithm_passes(cache, thread_cache_bytes(machine))
         from_memory = passes is not None and (l3 is None or array_bytes > l3)
         for name in PASSES:
             extra = [without_recycling(fns[name][0])] if recycled else []

@@ -1,9 +1,10 @@
 """Output arrays for the compiled kernels: a large output is handed out again once nothing refers to it.
 
-An array of more than a few MiB does not come from malloc's free lists but
-from the operating system, as new pages that it zeroes when they are first
-written: about one and a half more write passes over the output, measured by
-``bench/run.py`` (``fresh_output_s_per_byte``). A training loop asks for outputs of the same
+An array of 32 MiB or more does not come from malloc's free lists but from
+the operating system, as new pages that it zeroes when they are first written:
+one and a half to two and a half more write passes over the output, measured by
+``bench/run.py`` (``fresh_output_s_per_byte`` for a plain fill, and the
+kernels' ``no_recycling_ms``). A training loop asks for outputs of the same
 shapes at every step, so `empty_like` keeps the latest `KEEP` large outputs it
 made and gives one of them out again, for a call of the same shape and dtype,
 once no other object holds a reference to it, strong or weak.
