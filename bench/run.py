@@ -29,9 +29,9 @@ How it measures, and why:
 - ``passes`` is how many input-sized arrays normlab's kernels move from
   memory by their design (not a measured count): the minimum when one
   statistic's values (x, and dy in the backward) fit in a thread's share of the
-  L2 or L3 cache, more when the kernels must read them again from memory; ``pass limit`` is the time those
-  passes take at that copy speed divided by the measured time (1.0: the
-  design's passes at copy speed, arithmetic free). Only rows whose arrays are
+  L2 or L3 cache, more when the kernels must read them again from memory;
+  ``pass limit`` is the time those passes take at that copy speed divided by
+  the measured time (1.0: the design's passes at copy speed, arithmetic free). Only rows whose arrays are
   larger than the last-level cache get one: smaller ones stay in cache between
   the calls of a sample, so "from memory" does not describe them;
 - a new 256 MiB array costs page faults and zeroing when first written; the

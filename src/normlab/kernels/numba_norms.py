@@ -31,8 +31,9 @@ The kernels run on Numba's thread pool, one thread per free core unless
 serializes the calls; GNU OpenMP cannot run in a process forked after it
 started, which `fork_safe` tells `normlab.paths.numba_cpu`.
 γ and β are always arrays here (ones and zeros when the layer has none).
-Outputs (y, dx) of 32 MiB or more come from `normlab.kernels.outputs`, which hands one
-out again once nothing refers to it: new memory costs one and a half to two and a half more write passes.
+Outputs (y, dx) of 32 MiB or more come from `normlab.kernels.outputs`, which
+hands one out again once nothing refers to it: new memory costs one and a half
+to two and a half more write passes.
 Importing this module imports Numba, which takes a third of a second; only
 `normlab.paths.numba_cpu` imports it, on first use.
 """
