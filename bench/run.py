@@ -164,7 +164,7 @@ def algorithm_passes(cache, cache_bytes):
         unit = -(-p.n // numba_norms.TASKS) * p.c * itemsize
     else:
         unit = p.count * itemsize
-    forward = 2 if unit <= cache_bytes else 4  # else x is read three times: mean, variance, normalize
+    forward = 2 if unit <= cache_bytes else 3  # else x is read twice: the centred sums, then y
     backward = 3 if 2 * unit <= cache_bytes else 5  # else x and dy are read twice: the sums, then dx
     return {"forward": forward, "backward": backward, "forward+backward": forward + backward}
 

@@ -204,6 +204,26 @@ def test_float32_with_mean_1e4_stays_within_2e_3_of_float64(case, rng, fast_path
     np.testing.assert_allclose(g32[0], g64[0], rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("norm", ["layer_norm", "batch_norm"])
+def test_a_shift_far_from_the_mean_is_replaced_by_the_mean(norm, rng, fast_path):
+    """The kernels centre on the first values of each statistic (see `numba_norms`). Here those values
+    sit 300 away from the rest, about 180 standard deviations: without the second pass centred on
+    the mean itself, float32 loses 1e-4 of the variance."""
+    if norm == "layer_norm":
+        x64 = rng.standard_normal((4, 1 << 20))
+        x64[:, :32] += 300
+        forward = lambda x: nl.layer_norm_forward(x, x.shape[-1:])  # noqa: E731
+    else:
+        x64 = rng.standard_normal((64, 2, 16384))
+        x64[:32, :, 0] += 300
+        forward = lambda x: nl.batch_norm_forward(x, training=True)  # noqa: E731
+    y32, cache = forward(x64.astype(np.float32))[:2]
+    assert isinstance(cache, _expected_cache(fast_path))
+    with paths.reference_only():
+        y64 = forward(x64.astype(np.float32).astype(np.float64))[0]
+    np.testing.assert_allclose(y32, y64, rtol=0, atol=1e-6 * np.abs(y64).max())
+
+
 def test_float16_is_computed_in_float32_and_returned_in_float16(rng, fast_path, monkeypatch):
     x = rng.standard_normal((6, 4, 5)).astype(np.float16)
     dy = rng.standard_normal(x.shape).astype(np.float16)

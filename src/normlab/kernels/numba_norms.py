@@ -8,8 +8,10 @@ and then normalized while they are still in the core's cache, so x (and dy)
 come from memory once per pass:
 
 forward, per statistic
-    the mean, then the biased variance Σ(x - mean)²/m (a true two-pass
-    variance, accumulated in float64), then ``y = (x - mean)·rstd·γ + β``;
+    Σd and Σd² of d = x - shift, centred on the mean of the first 32 values
+    (or rows), so that the biased variance is mean(d²) - mean(d)² (float64),
+    with a second pass centred on the mean itself when the shift lies more than
+    a standard deviation away; then ``y = (x - mean)·rstd·γ + β``;
 backward, per statistic
     Σ γ·dy and Σ γ·dy·x̂, then ``dx = rstd·(γ·dy - mean(γ·dy) - x̂·mean(γ·dy·x̂))``;
     the per-channel sums Σ dy (= dβ) and Σ dy·x̂ (= dγ) are gathered on the way.
@@ -275,20 +277,8 @@ _inline = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always"
 # - loops index from 0 over slices: an index such as c0 + k might be negative as far as the
 #   compiler knows, and the wraparound check for that stops it from vectorizing the loop.
 _SUM_BLOCK = 512
+_PILOT_VALUES = 32
 _ROW_BLOCK = 32  # rows per flush of `_rows_backward`'s per-channel sums into float64
-
-
-@_inline
-def _sum(a):
-    """Σ a, for a 1-D array."""
-    total = 0.0
-    for start in range(0, a.shape[0], _SUM_BLOCK):
-        block = a[start:start + _SUM_BLOCK]
-        part = a.dtype.type(0)
-        for i in range(block.shape[0]):
-            part += block[i]
-        total += part
-    return total
 
 
 @_inline
@@ -302,6 +292,33 @@ def _centred_sums(a, shift):
             d = block[i] - shift
             part += d
             part_squares += d * d
+        total += part
+        squares += part_squares
+    return total, squares
+
+
+@_inline
+def _pilot_mean(a):
+    """The mean of up to `_PILOT_VALUES` values at the start of ``a`` (n, s), from up to as many of
+    its n parts: a cheap estimate of the mean to centre on."""
+    n, s = a.shape
+    if n == 0 or s == 0:
+        return 0.0
+    parts = min(n, _PILOT_VALUES)
+    per_part = max(min(s, _PILOT_VALUES // parts), 1)
+    total = 0.0
+    for i in range(parts):
+        for j in range(per_part):
+            total += a[i, j]
+    return total / (parts * per_part)
+
+
+@_inline
+def _channel_centred_sums(x, c, shift):
+    """Σ (x - shift) and Σ (x - shift)² over channel c of ``x`` (N, C, S)."""
+    total, squares = 0.0, 0.0
+    for i in range(x.shape[0]):
+        part, part_squares = _centred_sums(x[i, c], shift)
         total += part
         squares += part_squares
     return total, squares
@@ -335,9 +352,13 @@ def _rows_forward(x, weight, bias, cpg, s, groups, eps, centred, y, mean, var):
     t = x.dtype.type
     for r in numba.prange(rows):
         xr, yr = x[r], y[r]
-        shift = t(_sum(xr) / length) if centred else t(0)
-        total_d, squares = _centred_sums(xr, shift)  # the mean of x - shift corrects the shift's rounding
+        shift = t(_pilot_mean(x[r:r + 1])) if centred else t(0)
+        total_d, squares = _centred_sums(xr, shift)
         centre = total_d / length if centred else 0.0
+        if centre * centre > squares / length - centre * centre:  # the pilot missed: centre on this mean
+            shift = t(shift + centre)
+            total_d, squares = _centred_sums(xr, shift)
+            centre = total_d / length
         mean[r], var[r] = shift + centre, max(squares / length - centre * centre, 0.0)
         mu, mu_lo = _two_parts(mean[r], t)
         rs = t(1.0 / np.sqrt(var[r] + eps))
@@ -467,16 +488,13 @@ def _channels_forward(x, weight, bias, eps, y, mean, var):
     m = n * s
     t = x.dtype.type
     for c in numba.prange(channels):
-        total = 0.0
-        for i in range(n):
-            total += _sum(x[i, c])
-        shift = t(total / m)
-        total_d, squares = 0.0, 0.0
-        for i in range(n):
-            part, part_squares = _centred_sums(x[i, c], shift)
-            total_d += part
-            squares += part_squares
+        shift = t(_pilot_mean(x[:, c]))
+        total_d, squares = _channel_centred_sums(x, c, shift)
         centre = total_d / m
+        if centre * centre > squares / m - centre * centre:  # the pilot missed: centre on this mean
+            shift = t(shift + centre)
+            total_d, squares = _channel_centred_sums(x, c, shift)
+            centre = total_d / m
         mean[c], var[c] = shift + centre, max(squares / m - centre * centre, 0.0)
         mu, mu_lo = _two_parts(mean[c], t)
         scale, offset = t(weight[c] / np.sqrt(var[c] + eps)), bias[c]
