@@ -271,9 +271,9 @@ _inline = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, inline="always"
 # - elementwise work runs in the input's dtype (``t = x.dtype.type``): for float32, a vector
 #   register then holds twice as many values as in float64;
 # - sums run in the input's dtype over blocks of `_SUM_BLOCK` values, and in float64 across
-#   blocks: as fast as float32 and, for sums of up to millions of values, as exact as float64;
+#   blocks: as fast as float32 and, for sums of millions of values, within a few roundings;
 # - the float64 mean enters elementwise work as two parts, ``mu + mu_lo``, so that x - mean
-#   is exact for values near the mean, where it matters;
+#   is rounded once, not twice, for values near the mean, where it matters;
 # - loops index from 0 over slices: an index such as c0 + k might be negative as far as the
 #   compiler knows, and the wraparound check for that stops it from vectorizing the loop.
 _SUM_BLOCK = 512
